@@ -1,0 +1,32 @@
+"""LightningDataModules that own files on disk, splits and augmentation.
+
+- ``UnpairedDataModule``: CycleGAN layout, random B per A (CycleGAN, DiscoGAN, OP-GAN, BDL).
+- ``PairedDataModule``: pix2pix ``AB`` files or aligned folders; optionally served unaligned.
+- ``materialize_shapes`` / ``render_scene``: the embedded procedural two-style shapes dataset
+  used when no ``data_dir`` is given.
+
+Batch keys of the two-domain modules: ``A``, ``B`` (float ``(N, 3, H, W)`` in [-1, 1]),
+``A_path``, ``B_path`` (str), and when the data provides them ``A_mask``, ``B_mask``
+(int64 ``(N, H, W)`` semantic masks) and ``A_label``, ``B_label`` (int64 ``(N,)``).
+"""
+
+from .embedded import load_scenes, materialize_shapes
+from .io import DatasetLayoutError, ImageReadError, list_images, read_rgb
+from .paired import PairedDataModule
+from .shapes import ATTRIBUTES, CLASSES, SceneRender, render_scene
+from .unpaired import UnpairedDataModule
+
+__all__ = [
+    "ATTRIBUTES",
+    "CLASSES",
+    "DatasetLayoutError",
+    "ImageReadError",
+    "PairedDataModule",
+    "SceneRender",
+    "UnpairedDataModule",
+    "list_images",
+    "load_scenes",
+    "materialize_shapes",
+    "read_rgb",
+    "render_scene",
+]

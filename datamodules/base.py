@@ -1,0 +1,186 @@
+"""Shared LightningDataModule logic for two-domain image data (A and B).
+
+Subclasses say how a split's two domains are found on disk (``_find_split``) and how training
+pairs are sampled (``_train_dataset``); everything else lives here once: the embedded default
+data, split resolution, transforms, and the DataLoaders.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .datasets import AlignedDataset, SingleDomainDataset
+from .domain import Domain, load_labels
+from .embedded import materialize_shapes
+from .io import require_dir
+from .transforms import build_transform
+
+Split = Literal["train", "val", "test"]
+_EMBEDDED_KEYS = set(inspect.signature(materialize_shapes).parameters)
+
+
+class ImageDomainDataModule(L.LightningDataModule):
+    """Base for the unpaired and paired modules; see their docstrings for the arguments."""
+
+    #: Human-readable expected layout, repeated in every layout error.
+    layout_description = "expected an image dataset layout"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        load_size: int = 286,
+        crop_size: int = 256,
+        flip: bool = True,
+        batch_size: int = 1,
+        num_workers: int = 4,
+        max_dataset_size: int | None = None,
+        val_size: int = 8,
+        seed: int = 0,
+        embedded: dict[str, Any] | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        unknown = set(embedded or {}) - _EMBEDDED_KEYS
+        if unknown:
+            raise ValueError(
+                f"embedded: unknown keys {sorted(unknown)}; "
+                f"expected some of {sorted(_EMBEDDED_KEYS)}"
+            )
+        if crop_size > load_size:
+            raise ValueError(f"crop_size ({crop_size}) must be <= load_size ({load_size})")
+        self.data_dir = data_dir
+        self.load_size, self.crop_size, self.flip = load_size, crop_size, flip
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.max_dataset_size, self.val_size = max_dataset_size, val_size
+        self.seed, self.pin_memory = seed, pin_memory
+        self.embedded = dict(embedded or {})
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.domains: dict[str, tuple[Domain, Domain]] = {}
+        self.labels: dict[str, dict[str, int]] | None = None  # scenes.json labels, if any
+        self._root: Path | None = None
+
+    # ---------------------------------------------------------------- where the data lives
+    def prepare_data(self) -> None:
+        """Materialise the embedded shapes dataset when no ``data_dir`` is given.
+
+        Lightning runs this on one process per node; ``setup`` calls it again on every rank,
+        which is a cheap no-op once the data is complete (and safe if it is not).
+        """
+        if self.data_dir is None:
+            materialize_shapes(**self.embedded)
+
+    @property
+    def root(self) -> Path:
+        """The layout root: ``data_dir``, or the materialised embedded dataset."""
+        if self._root is None:
+            if self.data_dir is None:
+                self._root = materialize_shapes(**self.embedded)
+            else:
+                self._root = Path(self.data_dir).expanduser()
+        return self._root
+
+    # ---------------------------------------------------------------- hooks for subclasses
+    def _find_split(self, root: Path, split: Split, required: bool) -> tuple[Domain, Domain] | None:
+        """The (A, B) domains of ``split``; None if absent and not ``required``."""
+        raise NotImplementedError
+
+    def _train_dataset(self, domain_a: Domain, domain_b: Domain) -> Dataset:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- splits
+    def transform(self, train: bool, paired: bool) -> Any:
+        """The albumentations pipeline for training (random) or evaluation (deterministic)."""
+        return build_transform(
+            load_size=self.load_size,
+            crop_size=self.crop_size,
+            flip=self.flip,
+            train=train,
+            paired=paired,
+        )
+
+    def _split(self, root: Path, split: Split, required: bool) -> tuple[Domain, Domain] | None:
+        found = self._find_split(root, split, required)
+        if found is None:
+            return None
+        a, b = (d.head(self.max_dataset_size) for d in found)
+        self.domains[split] = (a, b)
+        return a, b
+
+    def _eval_dataset(self, a: Domain, b: Domain, split: str) -> AlignedDataset:
+        if len(a) != len(b):
+            rank_zero_warn(
+                f"{split}: {len(a)} A images but {len(b)} B images under {str(self.root)!r}; "
+                f"pairing the first {min(len(a), len(b))} by sorted order. "
+                "Use domain_dataset(split, side) for all images of one domain."
+            )
+        return AlignedDataset(a, b, self.transform(train=False, paired=True))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets needed by ``stage``; a bad layout raises here, naming the path."""
+        root = require_dir(self.root, self.layout_description)
+        self.labels = load_labels(root)
+        if stage in (None, "fit"):
+            a, b = self._split(root, "train", required=True)
+            self.train_set = self._train_dataset(a, b)
+        if stage in (None, "fit", "validate"):
+            val = self._split(root, "val", required=False)
+            if val is None:
+                val = self._split(root, "test", required=True)
+            pairs = self._eval_dataset(*val, "val")
+            self.val_set = Subset(pairs, range(min(self.val_size, len(pairs))))
+        if stage in (None, "test", "predict"):
+            test = self._split(root, "test", required=False)
+            if test is None:
+                test = self._split(root, "val", required=True)
+            self.test_set = self._eval_dataset(*test, "test")
+
+    def domain_dataset(self, split: Split, side: Literal["A", "B"]) -> SingleDomainDataset:
+        """Every image of one domain of a set-up split (eval transform), e.g. all test B images
+        for FID even when A and B counts differ. Items carry only ``<side>*`` keys."""
+        if split not in self.domains:
+            raise RuntimeError(f"split {split!r} is not set up; call setup() for its stage first")
+        domain = self.domains[split][0 if side == "A" else 1]
+        return SingleDomainDataset(domain, self.transform(train=False, paired=False), side)
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, dataset: Dataset | None, name: str, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{name} dataset is not built; call setup() for its stage first")
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # Dropping the last partial batch keeps batch statistics even, but never drop
+            # the only batch of a dataset smaller than batch_size.
+            drop_last=train and len(dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader(self.train_set, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """The first ``val_size`` aligned pairs, in order."""
+        return self._loader(self.val_set, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        """All aligned test pairs, in order."""
+        return self._loader(self.test_set, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as the test loader."""
+        return self._loader(self.test_set, "predict")

@@ -1,0 +1,130 @@
+"""One image collection of a dataset (e.g. ``trainA``) plus its optional side information.
+
+Side information is looked up beside the layout root, by split and file stem:
+
+- ``<root>/masks/<split>/<stem>.png`` semantic masks (used only if *every* image has one, so
+  all items of a dataset carry the same keys and default collation works);
+- ``<root>/scenes.json`` (the embedded shapes metadata) for an integer class ``label``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .io import DatasetLayoutError, list_images, read_mask, read_rgb
+
+Half = Literal["left", "right"] | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One decoded image with whatever side information exists for it."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    path: str
+    mask: np.ndarray | None = None  # (H, W) uint8
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Sorted image files of one domain and split, with aligned side-information lists.
+
+    Attributes:
+        paths: Image files, sorted by name.
+        masks: Mask file per image, or None when the dataset has no (complete) masks.
+        labels: Class label per image, or None.
+        half: For pix2pix ``AB`` images: which half of the side-by-side image this domain is.
+    """
+
+    paths: tuple[Path, ...]
+    masks: tuple[Path, ...] | None = None
+    labels: tuple[int, ...] | None = None
+    half: Half = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def head(self, n: int | None) -> Domain:
+        """The first ``n`` items (all of them when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        return replace(
+            self,
+            paths=self.paths[:n],
+            masks=None if self.masks is None else self.masks[:n],
+            labels=None if self.labels is None else self.labels[:n],
+        )
+
+    def load(self, index: int, image: np.ndarray | None = None) -> Sample:
+        """Decode item ``index``; ``image`` lets a caller pass an already decoded file."""
+        path = self.paths[index]
+        if image is None:
+            image = read_rgb(path)
+        mask = None if self.masks is None else read_mask(self.masks[index])
+        if self.half is not None:
+            image = _split_half(image, self.half)
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise DatasetLayoutError(
+                f"mask {str(self.masks[index])!r} is {mask.shape[1]}x{mask.shape[0]} but image "
+                f"{str(path)!r} is {image.shape[1]}x{image.shape[0]}; expected equal sizes"
+            )
+        label = None if self.labels is None else self.labels[index]
+        return Sample(image=image, path=str(path), mask=mask, label=label)
+
+
+def _split_half(image: np.ndarray, half: Literal["left", "right"]) -> np.ndarray:
+    width = image.shape[1] // 2
+    return image[:, :width] if half == "left" else image[:, width : 2 * width]
+
+
+def load_labels(root: Path) -> dict[str, dict[str, int]] | None:
+    """``{split: {stem: label}}`` from ``<root>/scenes.json``, or None if there is none."""
+    path = root / "scenes.json"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        meta = json.load(f)
+    return {
+        split: {record["id"]: int(record["label"]) for record in records}
+        for split, records in meta.get("splits", {}).items()
+    }
+
+
+def scan_domain(
+    root: Path,
+    folder: str,
+    split: str,
+    *,
+    expected: str,
+    labels: dict[str, dict[str, int]] | None = None,
+    half: Half = None,
+) -> Domain:
+    """List ``root/folder`` and attach masks/labels found for ``split``.
+
+    Args:
+        root: Layout root (the folder holding ``trainA`` etc.).
+        folder: Image folder name relative to ``root``.
+        split: Split name used to look up side information (``train``, ``val``, ``test``).
+        expected: Layout description for error messages.
+        labels: Output of ``load_labels(root)``.
+        half: Which half of side-by-side images this domain reads.
+    """
+    paths = tuple(list_images(root / folder, expected))
+    stems = [p.stem for p in paths]
+    masks = None
+    mask_dir = root / "masks" / split
+    if half is None and mask_dir.is_dir():
+        available = {p.stem: p for p in mask_dir.glob("*.png")}
+        if all(s in available for s in stems):
+            masks = tuple(available[s] for s in stems)
+    split_labels = (labels or {}).get(split)
+    domain_labels = None
+    if split_labels is not None and all(s in split_labels for s in stems):
+        domain_labels = tuple(split_labels[s] for s in stems)
+    return Domain(paths=paths, masks=masks, labels=domain_labels, half=half)

@@ -1,0 +1,7 @@
+"""Lightning callbacks: cross-cutting behaviour whose state must survive a checkpoint."""
+
+from gan_suite.callbacks.ddp_check import DDPConsistencyCheck
+from gan_suite.callbacks.history import HistoryBuffer, ImagePool
+from gan_suite.callbacks.samples import SampleGrid
+
+__all__ = ["DDPConsistencyCheck", "HistoryBuffer", "ImagePool", "SampleGrid"]

@@ -1,0 +1,134 @@
+"""The gan-suite command end to end on tiny settings: fit, test, run directories, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gan_suite.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+
+# tiny nets and images: the paper's YAML with the sizes shrunk
+TINY = [
+    "--model.init_args.ngf=4",
+    "--model.init_args.n_blocks=1",
+    "--model.init_args.ndf=4",
+    "--data.init_args.load_size=36",
+    "--data.init_args.crop_size=32",
+    "--data.init_args.batch_size=2",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 32}",
+    "--trainer.accelerator=cpu",
+    "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs}}]",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def _fit(*extra: str):
+    return cli_main(["fit", "--config", str(EXPERIMENTS / "cyclegan.yaml"), *TINY, *extra])
+
+
+def test_fit_fast_dev_run_goes_through_every_step():
+    cli = _fit("--trainer.fast_dev_run=1")
+    run_dir = Path(cli.trainer.default_root_dir)
+    assert run_dir.parent == Path("runs") / "cyclegan"
+    assert cli.trainer.global_step == 2  # one batch: a G step and a D step
+    history = cli.model.history
+    assert len(history.pools["A"].images) == 2  # a batch of 2 images, pool not yet full
+
+
+def test_fit_writes_checkpoints_samples_and_metrics_then_test_evaluates_them():
+    cli = _fit(
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=1",
+        "--trainer.log_every_n_steps=1",
+        "--model.init_args.n_epochs_constant=1",
+        "--model.init_args.n_epochs_decay=1",
+        "--run_id=r1",
+    )
+    run_dir = Path("runs/cyclegan/r1")
+    assert Path(cli.trainer.default_root_dir) == run_dir
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "n_epochs_decay: 1" in (run_dir / "config.yaml").read_text()
+    grids = sorted((run_dir / "samples").glob("epoch=*.png"))
+    assert len(grids) == 2 and (run_dir / "samples" / "latest.png").is_file()
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    keys = set(rows[0])
+    for term in ("adv_AB", "adv_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "d_A", "d_B"):
+        assert f"train/{term}" in keys
+    assert "val/cycle_A" in keys
+    # the linear decay: epoch 0 at lr, epoch 1 at lr * (1 - 1/2)
+    lrs = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
+    assert lrs == pytest.approx([2e-4 * 0.5, 2e-4 * 0.0], abs=1e-9)
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    pools = next(v for k, v in ckpt["callbacks"].items() if "HistoryBuffer" in k)["pools"]
+    assert pools["A"]["images"].shape[0] == 12  # 2 epochs x 3 batches x 2 images
+
+    test = cli_main(
+        ["test", "--config", str(EXPERIMENTS / "cyclegan.yaml"), *TINY,
+         f"--ckpt_path={run_dir}/checkpoints/last.ckpt"]
+    )
+    test_dir = Path(test.trainer.default_root_dir)
+    assert test_dir.parent.resolve() == run_dir.resolve() and test_dir.name.startswith("test-")
+    assert "test/cycle_A" in test.trainer.callback_metrics
+
+
+def test_run_directory_is_never_reused():
+    _fit("--trainer.fast_dev_run=1", "--run_id=same")
+    with pytest.raises(FileExistsError, match="runs/cyclegan/same"):
+        _fit("--trainer.fast_dev_run=1", "--run_id=same")
+
+
+def test_nan_loss_stops_with_a_named_term_and_no_checkpoint():
+    with pytest.raises(FloatingPointError, match="loss term"):
+        _fit("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--run_id=nan",
+             "--model.init_args.lr=1e30", "--model.init_args.init_gain=1e30")
+    assert not list(Path("runs/cyclegan/nan").glob("**/*.ckpt"))
+
+
+def test_help_documents_every_option():
+    out = subprocess.run(
+        [sys.executable, "-m", "gan_suite.cli", "fit", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    for option in ("--config", "--name", "--run_id", "--runs_root", "--ckpt_path", "--model",
+                   "--data", "--trainer.max_epochs"):
+        assert option in out.stdout
+    model_help = subprocess.run(
+        [sys.executable, "-m", "gan_suite.cli", "fit",
+         "--model.help", "gan_suite.models.cyclegan.CycleGAN"], capture_output=True, text=True
+    )
+    assert "lambda of the A -> B -> A cycle loss" in model_help.stdout
+    assert "--model.identity_weight" in model_help.stdout
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    cmd = [
+        sys.executable, "-m", "gan_suite.cli", "fit",
+        "--config", str(EXPERIMENTS / "cyclegan.yaml"), *TINY,
+        "--config", str(EXPERIMENTS / "presets" / "ddp.yaml"),
+        "--trainer.devices=2", "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", "--run_id=ddp",
+        "--trainer.callbacks+=gan_suite.callbacks.DDPConsistencyCheck",
+    ]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "runs/cyclegan/ddp/ddp_check.json").read_text())
+    assert report["world_size"] == 2
+    assert len(report["divergence"]) == 2 and max(report["divergence"]) < 1e-6
+    assert (tmp_path / "runs/cyclegan/ddp/checkpoints/last.ckpt").is_file()

@@ -3,7 +3,7 @@
 Sections are registered in ``SECTIONS`` (name -> function taking the parsed options); with no
 section named, all of them run. ``make bench`` runs them all.
 
-    python -m gan_suite.bench fid --n-images 96 --batch-size 32 --repeats 1
+    python -m gan_suite.bench fid --n-images 64 --batch-size 32 --repeats 1
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gan_suite.bench", description=__doc__)
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default all)")
     fid = parser.add_argument_group("fid")
-    fid.add_argument("--n-images", type=int, default=96, help="real and fake images, each")
+    fid.add_argument("--n-images", type=int, default=64, help="real and fake images, each")
     fid.add_argument("--batch-size", type=int, default=32, help="images per forward, both tools")
     fid.add_argument("--repeats", type=int, default=1, help="alternating timed rounds, best kept")
     fid.add_argument("--image-size", type=int, default=64, help="side of the square images, px")

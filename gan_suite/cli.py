@@ -1,7 +1,8 @@
 """The ``gan-suite`` command: LightningCLI with run directories and omegaconf configs.
 
     gan-suite fit  --config experiments/cyclegan.yaml [--config experiments/presets/quick.yaml]
-    gan-suite test --config experiments/cyclegan.yaml --ckpt_path runs/cyclegan/<id>/checkpoints/last.ckpt
+    gan-suite test --config experiments/cyclegan.yaml \
+                   --ckpt_path runs/cyclegan/<id>/checkpoints/last.ckpt
 
 The model and data module are chosen by ``class_path`` in the YAML; several ``--config``
 files merge in order. Every run gets its own directory ``<runs_root>/<name>/<run_id>/`` that
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import time
 from pathlib import Path
 
@@ -63,8 +63,13 @@ class SaveConfigToRunDir(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         path = Path(trainer.default_root_dir) / self.config_filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(path), skip_none=False, overwrite=self.overwrite,
-                         multifile=self.multifile)
+        self.parser.save(
+            self.config,
+            str(path),
+            skip_none=False,
+            overwrite=self.overwrite,
+            multifile=self.multifile,
+        )
 
 
 class GanSuiteCLI(LightningCLI):
@@ -121,11 +126,11 @@ class GanSuiteCLI(LightningCLI):
     def _report(self) -> None:
         if self.trainer.is_global_zero:
             run_dir = Path(self.trainer.default_root_dir)
-            print(f"\n[gan-suite] run directory: {run_dir}", file=sys.stderr)
+            print(f"\n[gan-suite] run directory: {run_dir}")
             for sub in ("checkpoints", "samples"):
                 if (run_dir / sub).is_dir():
-                    print(f"[gan-suite]   {sub}/: {len(list((run_dir / sub).iterdir()))} files",
-                          file=sys.stderr)
+                    files = sorted(p.name for p in (run_dir / sub).iterdir())
+                    print(f"[gan-suite]   {sub}/: {', '.join(files)}")
 
     def after_fit(self) -> None:
         self._report()

@@ -28,7 +28,8 @@ TINY = [
     "--data.init_args.num_workers=0",
     "--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 32}",
     "--trainer.accelerator=cpu",
-    "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs}}]",
+    "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger,"
+    " init_args: {save_dir: runs}}]",
     "--trainer.enable_progress_bar=false",
 ]
 
@@ -76,8 +77,13 @@ def test_fit_writes_checkpoints_samples_and_metrics_then_test_evaluates_them():
     assert pools["A"]["images"].shape[0] == 12  # 2 epochs x 3 batches x 2 images
 
     test = cli_main(
-        ["test", "--config", str(EXPERIMENTS / "cyclegan.yaml"), *TINY,
-         f"--ckpt_path={run_dir}/checkpoints/last.ckpt"]
+        [
+            "test",
+            "--config",
+            str(EXPERIMENTS / "cyclegan.yaml"),
+            *TINY,
+            f"--ckpt_path={run_dir}/checkpoints/last.ckpt",
+        ]
     )
     test_dir = Path(test.trainer.default_root_dir)
     assert test_dir.parent.resolve() == run_dir.resolve() and test_dir.name.startswith("test-")
@@ -92,8 +98,13 @@ def test_run_directory_is_never_reused():
 
 def test_nan_loss_stops_with_a_named_term_and_no_checkpoint():
     with pytest.raises(FloatingPointError, match="loss term"):
-        _fit("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--run_id=nan",
-             "--model.init_args.lr=1e30", "--model.init_args.init_gain=1e30")
+        _fit(
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--run_id=nan",
+            "--model.init_args.lr=1e30",
+            "--model.init_args.init_gain=1e30",
+        )
     assert not list(Path("runs/cyclegan/nan").glob("**/*.ckpt"))
 
 
@@ -102,12 +113,28 @@ def test_help_documents_every_option():
         [sys.executable, "-m", "gan_suite.cli", "fit", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    for option in ("--config", "--name", "--run_id", "--runs_root", "--ckpt_path", "--model",
-                   "--data", "--trainer.max_epochs"):
+    for option in (
+        "--config",
+        "--name",
+        "--run_id",
+        "--runs_root",
+        "--ckpt_path",
+        "--model",
+        "--data",
+        "--trainer.max_epochs",
+    ):
         assert option in out.stdout
     model_help = subprocess.run(
-        [sys.executable, "-m", "gan_suite.cli", "fit",
-         "--model.help", "gan_suite.models.cyclegan.CycleGAN"], capture_output=True, text=True
+        [
+            sys.executable,
+            "-m",
+            "gan_suite.cli",
+            "fit",
+            "--model.help",
+            "gan_suite.models.cyclegan.CycleGAN",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert "lambda of the A -> B -> A cycle loss" in model_help.stdout
     assert "--model.identity_weight" in model_help.stdout
@@ -118,12 +145,21 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
     cmd = [
-        sys.executable, "-m", "gan_suite.cli", "fit",
-        "--config", str(EXPERIMENTS / "cyclegan.yaml"), *TINY,
-        "--config", str(EXPERIMENTS / "presets" / "ddp.yaml"),
-        "--trainer.devices=2", "--trainer.accelerator=cpu",
-        "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1", "--run_id=ddp",
+        sys.executable,
+        "-m",
+        "gan_suite.cli",
+        "fit",
+        "--config",
+        str(EXPERIMENTS / "cyclegan.yaml"),
+        *TINY,
+        "--config",
+        str(EXPERIMENTS / "presets" / "ddp.yaml"),
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--run_id=ddp",
         "--trainer.callbacks+=gan_suite.callbacks.DDPConsistencyCheck",
     ]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

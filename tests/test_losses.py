@@ -25,8 +25,12 @@ def test_lsgan_values():
 def test_vanilla_and_hinge_values():
     z = torch.zeros(3)
     assert math.isclose(float(generator_adv_loss(z, "vanilla")), math.log(2), rel_tol=1e-6)
-    assert math.isclose(float(discriminator_adv_loss(z, z, "vanilla")), 2 * math.log(2), rel_tol=1e-6)
-    assert float(discriminator_adv_loss(torch.full((3,), 2.0), torch.full((3,), -2.0), "hinge")) == 0
+    assert math.isclose(
+        float(discriminator_adv_loss(z, z, "vanilla")), 2 * math.log(2), rel_tol=1e-6
+    )
+    assert (
+        float(discriminator_adv_loss(torch.full((3,), 2.0), torch.full((3,), -2.0), "hinge")) == 0
+    )
     assert float(discriminator_adv_loss(z, z, "hinge")) == 2
     assert float(generator_adv_loss(torch.full((3,), 0.5), "hinge")) == -0.5
     with pytest.raises(ValueError, match="gan_mode"):

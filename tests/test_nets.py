@@ -50,5 +50,8 @@ def test_init_weights_normal_std():
 
 
 def test_batch_norm_variant_drops_conv_bias():
-    g_in, g_bn = ResnetGenerator(ngf=8, n_blocks=1), ResnetGenerator(ngf=8, n_blocks=1, norm="batch")
+    g_in, g_bn = (
+        ResnetGenerator(ngf=8, n_blocks=1),
+        ResnetGenerator(ngf=8, n_blocks=1, norm="batch"),
+    )
     assert g_in.model[1].bias is not None and g_bn.model[1].bias is None

@@ -13,8 +13,13 @@ from torch import Tensor
 def weight_fingerprint(module: torch.nn.Module) -> Tensor:
     """A float64 (4,) summary of all parameters and buffers: sum, sum of squares, max |w| and a
     sum weighted by fixed pseudo-random signs (catches permutations the others miss)."""
-    vec = torch.cat([t.detach().flatten().double().cpu() for t in module.state_dict().values()
-                     if t.is_floating_point()])
+    vec = torch.cat(
+        [
+            t.detach().flatten().double().cpu()
+            for t in module.state_dict().values()
+            if t.is_floating_point()
+        ]
+    )
     signs = torch.randint(0, 2, (vec.numel(),), generator=torch.Generator().manual_seed(0))
     signs = signs.double() * 2 - 1
     return torch.stack([vec.sum(), (vec * vec).sum(), vec.abs().max(), (vec * signs).sum()])
@@ -51,8 +56,15 @@ class DDPConsistencyCheck(L.Callback):
         if trainer.is_global_zero:
             out = Path(trainer.default_root_dir) / "ddp_check.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"world_size": trainer.world_size, "epoch":
-                                       trainer.current_epoch, "divergence": self.history}))
+            out.write_text(
+                json.dumps(
+                    {
+                        "world_size": trainer.world_size,
+                        "epoch": trainer.current_epoch,
+                        "divergence": self.history,
+                    }
+                )
+            )
         if divergence > self.tolerance:
             raise RuntimeError(
                 f"DDP ranks diverged: relative weight difference {divergence:.3g} > "

@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 from torchmetrics.utilities.data import dim_zero_cat
 
 
@@ -41,12 +41,27 @@ class _PrecomputedFeatures(nn.Module):
         return features
 
 
-class _ClippedKID(KernelInceptionDistance):
-    """KID whose subset size is clipped to the samples available, with seeded subsets.
+def _canonical_order(features: Tensor) -> Tensor:
+    """Rows sorted by a fixed random projection: an order that depends only on the set.
 
-    Clipping happens in ``compute``, i.e. after torchmetrics has gathered the features of all
-    ranks, so it uses the global counts. The subsets are drawn with a fixed seed so every rank
-    (and every run) draws the same ones and reports the same number.
+    torchmetrics gathers KID's list state element by element (batch 0 of every rank, then
+    batch 1, ...), so the row order, and with it any random subset, would change with the
+    number of processes. Sorting first makes the subsets a function of the feature set alone.
+    (Rows whose keys tie are equal or nearly so, and then their order does not matter.)
+    """
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(features.shape[1], generator=g, dtype=torch.float64)
+    keys = features.double() @ direction.to(features.device)
+    return features[torch.argsort(keys, stable=True)]
+
+
+class _ClippedKID(KernelInceptionDistance):
+    """torchmetrics' KID with the subset size clipped to the samples available, seeded subsets
+    and a subset draw that does not depend on the number of processes.
+
+    ``compute`` runs after torchmetrics has gathered the features of all ranks, so the clipping
+    uses the global counts. The subsets come from a generator seeded with ``seed`` over the
+    rows in :func:`_canonical_order`, so every rank, rerun and world size draws the same ones.
     """
 
     def __init__(self, *args: object, seed: int = 0, **kwargs: object) -> None:
@@ -56,20 +71,28 @@ class _ClippedKID(KernelInceptionDistance):
         self.n_fake = 0
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        self.n_real = int(dim_zero_cat(self.real_features).shape[0]) if self.real_features else 0
-        self.n_fake = int(dim_zero_cat(self.fake_features).shape[0]) if self.fake_features else 0
+        real = dim_zero_cat(self.real_features) if self.real_features else torch.empty(0, 0)
+        fake = dim_zero_cat(self.fake_features) if self.fake_features else torch.empty(0, 0)
+        self.n_real, self.n_fake = int(real.shape[0]), int(fake.shape[0])
         if min(self.n_real, self.n_fake) < 2:
             raise RuntimeError(
                 f"KID needs at least 2 real and 2 fake images, got {self.n_real} and {self.n_fake}"
             )
-        wanted = self.subset_size
-        self.subset_size = min(wanted, self.n_real, self.n_fake)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                return super().compute()
-        finally:
-            self.subset_size = wanted
+        real, fake = _canonical_order(real), _canonical_order(fake)
+        size = min(self.subset_size, self.n_real, self.n_fake)
+        # When every subset would hold all samples, all subsets give the same (permutation-
+        # invariant) MMD: compute it once, std 0.
+        subsets = 1 if size == self.n_real == self.n_fake else self.subsets
+        g = torch.Generator().manual_seed(self.seed)
+        scores = []
+        for _ in range(subsets):
+            pick_real = torch.randperm(self.n_real, generator=g)[:size].to(real.device)
+            pick_fake = torch.randperm(self.n_fake, generator=g)[:size].to(fake.device)
+            scores.append(
+                poly_mmd(real[pick_real], fake[pick_fake], self.degree, self.gamma, self.coef)
+            )
+        stacked = torch.stack(scores)
+        return stacked.mean(), stacked.std(unbiased=False)
 
 
 class FIDKID(nn.Module):

@@ -101,8 +101,12 @@ class CycleGAN(GANModule):
     def _translate_cycle(self, real_A: Tensor, real_B: Tensor) -> dict[str, Tensor]:
         fake_B = self.G_AB(real_A)  # G(x)
         fake_A = self.G_BA(real_B)  # F(y)
-        return {"fake_B": fake_B, "rec_A": self.G_BA(fake_B), "fake_A": fake_A,
-                "rec_B": self.G_AB(fake_A)}
+        return {
+            "fake_B": fake_B,
+            "rec_A": self.G_BA(fake_B),
+            "fake_A": fake_A,
+            "rec_B": self.G_AB(fake_A),
+        }
 
     def _cycle_terms(self, real_A: Tensor, real_B: Tensor, out: dict[str, Tensor]) -> dict:
         hp = self.hparams

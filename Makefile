@@ -12,7 +12,7 @@ RUNS   ?=
 PRESET_FILES := $(wildcard experiments/presets/$(PRESET).yaml) $(wildcard experiments/presets/$(PRESET)/$(NAME).yaml)
 CONFIGS := --config experiments/$(NAME).yaml $(addprefix --config ,$(PRESET_FILES))
 
-.PHONY: help install test lint format experiment bench sweep clean
+.PHONY: help install test lint format experiment compare bench sweep clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -41,6 +41,9 @@ format: install ## apply ruff's fixes and formatting
 
 experiment: install ## train NAME with PRESET (quick: embedded data, <= 5 min CPU); DATA=root for real data
 	$(VENV)/bin/gan-suite fit $(CONFIGS) $(if $(DATA),--data.data_dir $(DATA))
+
+compare: install ## side-by-side metrics of finished runs: make compare RUNS="runs/a/x runs/b/y"
+	$(VENV)/bin/gan-suite compare $(RUNS)
 
 bench: install ## speed/memory benchmarks (prints figures)
 	$(PY) -m gan_suite.bench

@@ -88,6 +88,13 @@ class ImageDomainDataModule(L.LightningDataModule):
                 self._root = Path(self.data_dir).expanduser()
         return self._root
 
+    @property
+    def ground_truth_pairs(self) -> bool:
+        """True when test A[i] and B[i] show the same content (a true translation pair), so
+        that paired metrics (PSNR/SSIM to the target) mean something: the embedded data
+        (scenes.json lists the scenes) and paired layouts."""
+        return (self.root / "scenes.json").is_file()
+
     # ---------------------------------------------------------------- hooks for subclasses
     def _find_split(self, root: Path, split: Split, required: bool) -> tuple[Domain, Domain] | None:
         """The (A, B) domains of ``split``; None if absent and not ``required``."""

@@ -130,6 +130,12 @@ class PairedDataModule(ImageDomainDataModule):
         self.layout, self.direction, self.unaligned = layout, direction, unaligned
         self.save_hyperparameters()
 
+
+    @property
+    def ground_truth_pairs(self) -> bool:
+        """Paired layouts always hold true pairs in their test split."""
+        return True
+
     def _find_split(self, root: Path, split: Split, required: bool) -> tuple[Domain, Domain] | None:
         layout = detect_layout(root) if self.layout == "auto" else self.layout
         if layout == "pix2pix":

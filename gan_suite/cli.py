@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +90,12 @@ class GanSuiteCLI(LightningCLI):
         parser.add_argument(
             "--runs_root", type=str, default="runs", help="Root folder of all run directories."
         )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, run test on the last checkpoint (metrics.json, report.html).",
+        )
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -134,6 +141,11 @@ class GanSuiteCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self._report()
+        if self.config[self.subcommand].get("test_after_fit"):
+            has_ckpt = self.trainer.checkpoint_callback is not None and not self.trainer.fast_dev_run
+            self.trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path="last" if has_ckpt else None
+            )
 
     def after_test(self) -> None:
         self._report()
@@ -154,5 +166,18 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GanSuiteCLI:
     )
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The console script: LightningCLI subcommands, plus ``compare RUN_DIR...``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        from gan_suite.eval.compare import compare_main
+
+        return compare_main(argv[1:])
+    if argv[:1] in (["-h"], ["--help"]):
+        print("gan-suite compare RUN_DIR [RUN_DIR ...] [--out FILE.html]: side-by-side metrics\n")
+    cli_main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    cli_main()
+    sys.exit(main())

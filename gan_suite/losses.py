@@ -110,3 +110,26 @@ def check_finite(losses: dict[str, Tensor], step: int) -> None:
                 "(lower the learning rate, check the data range is [-1, 1], or try bf16 off); "
                 "no checkpoint is written from this state"
             )
+
+
+def content_consistency_loss(att_1: Tensor, att_2: Tensor, mask: Tensor | None = None) -> Tensor:
+    """OP-GAN's content-consistency loss L_cc (Xie et al. 2020, content registration).
+
+    Pixel-wise squared L2 between the content attention maps of the two patches of a pair,
+    (1 / MN) sum_ij (A_1 - A_2)^2 over the M x N patch, averaged over the pairs selected by
+    ``mask`` (the C1 pairs: same grid position of source and translation). ``att_*``:
+    ``(P, 1, M, N)``; ``mask``: ``(P,)`` bool or None (all pairs). With no pair selected the
+    loss is a zero that still depends on the inputs, so every caller gets a defined gradient.
+    """
+    per_pair = (att_1 - att_2).pow(2).flatten(1).mean(dim=1)  # (P,)
+    if mask is None:
+        return per_pair.mean()
+    weights = mask.to(per_pair.dtype)
+    return (per_pair * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def domain_classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """OP-GAN's domain-classification loss L_dc: cross-entropy of the Siamese network's 3-way
+    pair classification {D1: both source, D2: both translated, C: one of each}.
+    ``logits``: ``(P, 3)``, ``labels``: ``(P,)`` int64, mean over pairs."""
+    return F.cross_entropy(logits, labels)

@@ -88,6 +88,20 @@ def test_fit_writes_checkpoints_samples_and_metrics_then_test_evaluates_them():
     test_dir = Path(test.trainer.default_root_dir)
     assert test_dir.parent.resolve() == run_dir.resolve() and test_dir.name.startswith("test-")
     assert "test/cycle_A" in test.trainer.callback_metrics
+    # the Evaluation callback's reports, beside the checkpoint they came from
+    report = json.loads((test_dir / "metrics.json").read_text())
+    assert report["checkpoint"].endswith("r1/checkpoints/last.ckpt")
+    metrics = report["metrics"]
+    for direction in ("A->B", "B->A"):
+        for name in ("fid", "kid", "psnr", "ssim", "label_acc", "object_iou"):
+            assert f"{direction}/{name}" in metrics
+        assert metrics[f"{direction}/fid"]["extractor"] == "evaluator"
+        assert metrics[f"{direction}/fid"]["n_images"] == 6  # the whole tiny test split
+    html = (test_dir / "report.html").read_text()
+    assert "A-&gt;B/fid" in html and "<img" in html
+    # test_after_fit (set in the YAML) evaluated the fit run itself too
+    assert json.loads((run_dir / "metrics.json").read_text())["metrics"].keys() == metrics.keys()
+    assert "val/A->B/fid" in keys
 
 
 def test_run_directory_is_never_reused():

@@ -1,7 +1,8 @@
 """Lightning callbacks: cross-cutting behaviour whose state must survive a checkpoint."""
 
 from gan_suite.callbacks.ddp_check import DDPConsistencyCheck
+from gan_suite.callbacks.evaluation import Evaluation
 from gan_suite.callbacks.history import HistoryBuffer, ImagePool
 from gan_suite.callbacks.samples import SampleGrid
 
-__all__ = ["DDPConsistencyCheck", "HistoryBuffer", "ImagePool", "SampleGrid"]
+__all__ = ["DDPConsistencyCheck", "Evaluation", "HistoryBuffer", "ImagePool", "SampleGrid"]

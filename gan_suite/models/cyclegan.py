@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gan_suite.eval.metrics import Translation, two_way_translations
 from gan_suite.losses import (
     cycle_loss,
     discriminator_adv_loss,
@@ -188,6 +189,11 @@ class CycleGAN(GANModule):
         if "B" in batch:
             out["fake_A"] = self(batch["B"], "BtoA")
         return out
+
+    def evaluation_translations(self, batch: dict) -> list[Translation]:
+        """Both directions, for the Evaluation callback."""
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        return two_way_translations(batch, fake_B=self.G_AB(real_A), fake_A=self.G_BA(real_B))
 
     def sample_panels(self, batch: dict) -> dict[str, list[Tensor]]:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])

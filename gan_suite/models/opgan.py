@@ -1,0 +1,226 @@
+"""OP-GAN (Xie et al., ECCV 2020): self-supervised CycleGAN for object-preserving translation.
+
+Full objective: L_LSGAN + alpha * L_cyc + beta * L_S with L_S = L_cc + L_dc, where a Siamese
+multi-task network S on 3 x 3 grid patches of an image and its translation learns content
+registration (L_cc, the L2 between content attention maps of same-position patches) and a
+3-way domain classification of patch pairs (L_dc over {D1, D2, C}). CycleGAN's generators,
+discriminators, adversarial, cycle and identity terms are inherited from ``CycleGAN``.
+
+One training step (manual optimisation, three optimizers over disjoint parameters):
+
+    Gmain  G_AB, G_BA <- adversarial + cycle (+ identity) + beta * L_S     (S, D frozen;
+           the gradient of L_S reaches G through S and the translated patches)
+    Smain  S <- L_S on pairs from real images and their detached translations
+    Dmain  D_A, D_B <- CycleGAN's LSGAN losses on history-buffer fakes
+
+One device:  gan-suite fit --config experiments/opgan.yaml --data.data_dir DATA
+Multi-GPU:   gan-suite fit --config experiments/opgan.yaml --config experiments/presets/ddp.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gan_suite.losses import (
+    content_consistency_loss,
+    domain_classification_loss,
+    generator_adv_loss,
+    linear_decay_factor,
+)
+from gan_suite.models.cyclegan import CycleGAN
+from gan_suite.nets import init_weights
+from gan_suite.nets.siamese import D1, D2, SiameseNet, grid_patches, sample_patch_pairs
+
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+class OPGAN(CycleGAN):
+    """OP-GAN: CycleGAN plus a Siamese multi-task network S on patch pairs (L_S = L_cc + L_dc).
+
+    S is trained with the generators (Gmain) and alone (Smain); every argument of
+    :class:`~gan_suite.models.cyclegan.CycleGAN` is accepted too.
+
+    Choices where the paper is open (each configurable):
+
+    * S in both directions, one shared S: pairs are drawn from (real A, G_AB(A)) and from
+      (real B, G_BA(B)) and L_S is the sum of the two. Labels are by *domain* so that one S is
+      consistent across directions: A -> B pairs keep D1 = both source (domain A), D2 = both
+      translated (domain B); for B -> A pairs D1/D2 are swapped (both B = "D2", both A =
+      "D1"). A fake B is then classified with real B patches, so G minimising L_dc pulls its
+      translations towards the target domain. ``siamese_directions: [AtoB]`` keeps only the
+      paper's source -> target direction.
+    * ``pairs_per_image`` pairs per image and direction (6), split into D1/D2/C by
+      ``class_weights`` (equal: 2 + 2 + 2), ``c1_fraction`` of the batch's C pairs at the same
+      grid position (0.5). D1/D2 pairs use two different positions.
+    * L_cc only on C1 pairs, in both Gmain and Smain (C2 patches show different content, so
+      their attention maps have nothing to agree on). ``cc_all_positions: true`` makes Gmain
+      compare all grid x grid same-position patch pairs of every image instead.
+    * Smain draws fresh pairs (independent of Gmain's); the draws come from a CPU generator
+      seeded with ``pair_seed + global_rank``: ranks draw different pairs, weights stay equal
+      because DDP all-reduces the gradients. Its state is saved in checkpoints.
+    * S is trained on current translations, not on the history buffer (the buffer is the
+      discriminators' device against oscillation; S classifies pairs of one step's images).
+
+    Note: minimising L_cc alone admits constant attention maps; S's content branch is shaped
+    only through the encoder trunk it shares with the domain branch, as in the paper.
+
+    Args:
+        siamese_weight: beta, the weight of L_S = L_cc + L_dc in G's objective (1).
+        siamese_width: filters of the first conv of S's encoder (64).
+        siamese_depth: stride-2 layers of S's encoder (3 = stride 8: 85 px patches -> 11 x 11).
+        siamese_features: channels of the content features c and of the domain features d (512).
+        siamese_norm: normalisation in S's encoder: ``none`` (default), ``batch``, ``instance``.
+        grid: patches per side of the patch grid (3 = 3 x 3; remainders cropped at bottom/right).
+        pairs_per_image: patch pairs drawn per image and direction in each step (6).
+        class_weights: relative numbers of D1, D2 and C pairs ([1, 1, 1] = balanced).
+        c1_fraction: share of the C pairs taken at the same grid position (C1) (0.5).
+        cc_all_positions: Gmain's L_cc on all same-position pairs instead of the sampled C1 pairs.
+        siamese_directions: translation directions S is applied to (``AtoB``, ``BtoA``), summed.
+        siamese_lr: Adam learning rate of S (2e-4; same betas and LR schedule as G and D).
+        pair_seed: seed of the pair sampling generator (offset by the global rank).
+        **kwargs: CycleGAN's arguments (ngf, n_blocks, ndf, cycle_weight_A = alpha, ...).
+    """
+
+    def __init__(
+        self,
+        siamese_weight: float = 1.0,
+        siamese_width: int = 64,
+        siamese_depth: int = 3,
+        siamese_features: int = 512,
+        siamese_norm: str = "none",
+        grid: int = 3,
+        pairs_per_image: int = 6,
+        class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        c1_fraction: float = 0.5,
+        cc_all_positions: bool = False,
+        siamese_directions: tuple[str, ...] = DIRECTIONS,
+        siamese_lr: float = 2e-4,
+        pair_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        unknown = set(siamese_directions) - set(DIRECTIONS)
+        if unknown or not siamese_directions:
+            raise ValueError(
+                f"siamese_directions={list(siamese_directions)}: expected a non-empty subset of "
+                f"{list(DIRECTIONS)}"
+            )
+        in_channels = kwargs.get("in_channels", 3)
+        if kwargs.get("out_channels", in_channels) != in_channels:
+            raise ValueError("OP-GAN's shared S needs in_channels == out_channels")
+        self.S = SiameseNet(
+            in_channels, siamese_width, siamese_depth, siamese_features, siamese_norm
+        )
+        # S is a LeakyReLU classifier without norm: N(0, 0.02) weights would shrink activations
+        # layer after layer, so it gets He initialisation
+        init_weights(self.S, "kaiming")
+        self.pair_generator = torch.Generator().manual_seed(pair_seed)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        self.pair_generator.manual_seed(self.hparams.pair_seed + rank)
+
+    # -- the algorithm ------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        opt_g, opt_d, opt_s = self.optimizers()
+        fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
+        self._siamese_step(opt_s, real_A, real_B, fake_A, fake_B)
+        self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
+
+    def siamese_terms(
+        self, real_A: Tensor, real_B: Tensor, fake_A: Tensor, fake_B: Tensor, dense_cc: bool = False
+    ) -> dict[str, Tensor]:
+        """L_S = L_cc + L_dc summed over ``siamese_directions``, and S's pair accuracy.
+
+        ``fake_B = G_AB(real_A)``, ``fake_A = G_BA(real_B)``. ``dense_cc``: L_cc on all
+        same-position pairs rather than on the sampled C1 pairs.
+        """
+        hp = self.hparams
+        sources = {"AtoB": (real_A, fake_B), "BtoA": (real_B, fake_A)}
+        l_cc, l_dc, correct, count = [], [], 0.0, 0
+        for direction in hp.siamese_directions:
+            source, translated = (grid_patches(x, hp.grid) for x in sources[direction])
+            pairs = sample_patch_pairs(
+                source,
+                translated,
+                hp.pairs_per_image,
+                tuple(hp.class_weights),
+                hp.c1_fraction,
+                self.pair_generator,
+            )
+            att_1, att_2, logits = self.S(pairs.first, pairs.second)
+            labels = pairs.labels
+            if direction == "BtoA":  # labels by domain: both-B pairs are D2, both-A pairs D1
+                labels = torch.where(labels == D1, D2, torch.where(labels == D2, D1, labels))
+            l_dc.append(domain_classification_loss(logits, labels))
+            correct += (logits.argmax(1) == labels).sum()
+            count += labels.numel()
+            if dense_cc:  # every grid position of every image: (B * K) C1 pairs
+                dense_1, dense_2 = source.flatten(0, 1), translated.flatten(0, 1)
+                att_1, att_2, _ = self.S(dense_1, dense_2)
+                l_cc.append(content_consistency_loss(att_1, att_2))
+            else:
+                l_cc.append(content_consistency_loss(att_1, att_2, pairs.c1_mask))
+        terms = {"l_cc": sum(l_cc), "l_dc": sum(l_dc)}
+        terms["l_s"] = terms["l_cc"] + terms["l_dc"]
+        terms["s_acc"] = (correct / count).detach()
+        return terms
+
+    def _generator_step(self, opt_g, real_A: Tensor, real_B: Tensor) -> tuple[Tensor, Tensor]:
+        """Gmain: both generators, S and D frozen: adversarial + cycle + identity + beta * L_S.
+
+        Overrides CycleGAN's step because L_S must join the same backward (see the module
+        docstring); the CycleGAN terms are computed by CycleGAN's own helpers.
+        """
+        hp = self.hparams
+        with self.toggled_optimizer(opt_g):
+            out = self._translate_cycle(real_A, real_B)
+            terms = {
+                "adv_AB": generator_adv_loss(self.D_B(out["fake_B"]), hp.gan_mode),
+                "adv_BA": generator_adv_loss(self.D_A(out["fake_A"]), hp.gan_mode),
+                **self._cycle_terms(real_A, real_B, out),
+            }
+            s_terms = self.siamese_terms(
+                real_A, real_B, out["fake_A"], out["fake_B"], hp.cc_all_positions
+            )
+            terms["g_l_s"] = s_terms["l_s"] * hp.siamese_weight
+            terms["g_loss"] = sum(terms.values())
+            self.log_terms(
+                "train",
+                {**terms, "g_l_cc": s_terms["l_cc"], "g_l_dc": s_terms["l_dc"]},
+                prog_bar=("g_loss",),
+            )
+            self.backward_and_step(opt_g, terms["g_loss"])
+        return out["fake_A"].detach(), out["fake_B"].detach()
+
+    def _siamese_step(self, opt_s, real_A, real_B, fake_A, fake_B) -> None:
+        """Smain: S alone on L_S = L_cc + L_dc, G fixed (``fake_*`` are detached)."""
+        with self.toggled_optimizer(opt_s):
+            terms = self.siamese_terms(real_A, real_B, fake_A.detach(), fake_B.detach())
+            self.log_terms("train", terms, prog_bar=("s_acc",))
+            self.backward_and_step(opt_s, terms["l_s"])
+
+    # -- checkpoints: the pair sampler's position survives a resume -----------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["opgan_pair_generator"] = self.pair_generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "opgan_pair_generator" in checkpoint:
+            self.pair_generator.set_state(checkpoint["opgan_pair_generator"])
+
+    def configure_optimizers(self):
+        optimizers, schedulers = super().configure_optimizers()  # [opt_g, opt_d]
+        hp = self.hparams
+        opt_s = torch.optim.Adam(self.S.parameters(), lr=hp.siamese_lr, betas=tuple(hp.betas))
+
+        def rule(epoch: int) -> float:
+            return linear_decay_factor(epoch, hp.n_epochs_constant, hp.n_epochs_decay)
+
+        sched_s = torch.optim.lr_scheduler.LambdaLR(opt_s, rule)
+        return [*optimizers, opt_s], [*schedulers, sched_s]

@@ -30,3 +30,16 @@ __all__ = [
     "read_rgb",
     "render_scene",
 ]
+
+# Labelled sources (cGAN, IC-GAN, StarGAN, MatchGAN) and attribute-split domains (DiscoGAN).
+from .labelled import SOURCES as LABELLED_SOURCES  # noqa: E402
+from .labelled import LabelledDataModule  # noqa: E402
+from .labelled_celeba import AnnotationError  # noqa: E402
+from .labelled_domains import DomainSplitDataModule  # noqa: E402
+
+__all__ += [
+    "LABELLED_SOURCES",
+    "AnnotationError",
+    "DomainSplitDataModule",
+    "LabelledDataModule",
+]

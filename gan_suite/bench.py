@@ -134,8 +134,135 @@ def bench_fid(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- registry and entry point
 
+def _time_steps(step: Callable[[], None], n: int) -> float:
+    """Seconds per call of ``step``, after one untimed warm-up call."""
+    step()
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - start) / n
+
+
+def bench_cyclegan(args: argparse.Namespace) -> None:
+    """CycleGAN training-step time (G step + D step with history buffer) at the quick preset's
+    and the paper's sizes, fp32 vs channels_last, through the module's own step methods."""
+    from gan_suite.callbacks import HistoryBuffer
+    from gan_suite.models.cyclegan import CycleGAN
+
+    print(f"== cyclegan training step ({_machine()})")
+    configs = [
+        ("quick  32px ngf16 3 blocks, batch 4", dict(ngf=16, n_blocks=3, ndf=16), 32, 4, 20),
+        ("paper 256px ngf64 9 blocks, batch 1", {}, 256, 1, args.paper_steps),
+    ]
+    for label, kwargs, size, batch, steps in configs:
+        for channels_last in (False, True):
+            model = CycleGAN(channels_last=channels_last, **kwargs)
+            model.setup("fit")
+            model.history = HistoryBuffer(50)
+            opt_g, opt_d = (o for o in model.configure_optimizers()[0])
+            # bypass the Trainer: time the step methods themselves
+            model.toggled_optimizer = _no_toggle
+            model.manual_backward = lambda loss: loss.backward()
+            model.log_terms = lambda *a, **k: None
+            a = model.prepare_images(torch.rand(batch, 3, size, size) * 2 - 1)
+            b = model.prepare_images(torch.rand(batch, 3, size, size) * 2 - 1)
+
+            def step(model=model, a=a, b=b, opt_g=opt_g, opt_d=opt_d) -> None:
+                fake_A, fake_B = model._generator_step(opt_g, a, b)
+                model._discriminator_step(opt_d, a, b, fake_A, fake_B)
+
+            sec = _time_steps(step, steps)
+            fmt = "channels_last" if channels_last else "contiguous  "
+            print(f"  {label}  {fmt}: {sec * 1000:8.1f} ms/step  {batch / sec:7.1f} img/s")
+
+
+class _no_toggle:
+    """Stand-in for LightningModule.toggled_optimizer outside a Trainer."""
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer = optimizer
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+# ---------------------------------------------------------------- neighbours (IC-GAN)
+
+
+def _neighbours_child(n: int, dim: int, k: int, chunk: int, n_verify: int) -> dict:
+    """Runs in a fresh process, so ru_maxrss is the peak of this search alone."""
+    import resource
+
+    from gan_suite.eval.neighbours import knn_cosine
+
+    def rss_mib() -> float:  # ru_maxrss is in KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    torch.set_num_threads(torch.get_num_threads())
+    g = torch.Generator().manual_seed(0)
+    # clustered features (1000 centres + noise), like pooled CNN features of many classes
+    centres = torch.randn(1000, dim, generator=g)
+    feats = torch.empty(n, dim)
+    for i in range(0, n, 10_000):
+        rows = min(10_000, n - i)
+        labels = torch.randint(0, 1000, (rows,), generator=g)
+        feats[i : i + rows] = centres[labels] + 2.0 * torch.randn(rows, dim, generator=g)
+    rss_features = rss_mib()
+    start = time.perf_counter()
+    nn_idx = knn_cosine(feats, k, chunk_size=chunk)
+    seconds = time.perf_counter() - start
+    peak = rss_mib()
+    # verify a random subsample against an exact float64 search over all N, by database chunk
+    x = torch.nn.functional.normalize(feats, dim=1)
+    rows = torch.randperm(n, generator=g)[:n_verify]
+    q = x[rows].double()
+    sims = torch.cat([q @ x[j : j + 8192].double().T for j in range(0, n, 8192)], dim=1)
+    sims[torch.arange(len(rows)), rows] = float("inf")  # self first, as knn_cosine does
+    ref = torch.topk(sims, k, dim=1).indices
+    same_sets = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(nn_idx[rows], ref))
+    ours_sim = torch.gather(sims, 1, nn_idx[rows])
+    ref_sim = torch.gather(sims, 1, ref)
+    finite = torch.isfinite(ref_sim)
+    max_diff = float((ours_sim - ref_sim)[finite].abs().max()) if finite.any() else 0.0
+    return {
+        "seconds": seconds,
+        "peak_mib": peak,
+        "features_mib": rss_features,
+        "same_sets": same_sets,
+        "n_verify": len(rows),
+        "exact_order": bool((nn_idx[rows] == ref).all()),
+        "max_sim_diff": max_diff,
+    }
+
+
+def bench_neighbours(args: argparse.Namespace) -> None:
+    """IC-GAN's k-NN search (gan_suite.eval.neighbours.knn_cosine): wall time and peak RSS of
+    one exact search of N features against themselves, checked on a subsample against an
+    exact float64 search."""
+    import multiprocessing
+
+    n, dim, k, chunk = args.nn_n, args.nn_dim, args.nn_k, args.nn_chunk
+    print(f"== neighbours: N={n} D={dim} k={k} chunk={chunk}, float32; {_machine()}")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        r = pool.apply(_neighbours_child, (n, dim, k, chunk, args.nn_verify))
+    print(
+        f"   knn_cosine: {r['seconds']:.1f} s wall, peak RSS {r['peak_mib']:.0f} MiB "
+        f"(of which process + the N x D features {r['features_mib']:.0f} MiB)"
+    )
+    print(
+        f"   check vs float64 brute force on {r['n_verify']} random rows: identical neighbour "
+        f"sets {r['same_sets']}/{r['n_verify']}, identical order {r['exact_order']}, max |sim "
+        f"diff| {r['max_sim_diff']:.2g}"
+    )
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "fid": bench_fid,
+    "cyclegan": bench_cyclegan,
+    "neighbours": bench_neighbours,
 }
 
 
@@ -148,6 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     fid.add_argument("--batch-size", type=int, default=32, help="images per forward, both tools")
     fid.add_argument("--repeats", type=int, default=1, help="alternating timed rounds, best kept")
     fid.add_argument("--image-size", type=int, default=64, help="side of the square images, px")
+    cyc = parser.add_argument_group("cyclegan")
+    cyc.add_argument("--paper-steps", type=int, default=1, help="timed steps at 256px")
+    nn = parser.add_argument_group("neighbours")
+    nn.add_argument("--nn-n", type=int, default=100_000, help="features searched")
+    nn.add_argument("--nn-dim", type=int, default=2048, help="feature dimension")
+    nn.add_argument("--nn-k", type=int, default=50, help="neighbours per feature")
+    nn.add_argument("--nn-chunk", type=int, default=4096, help="similarity block side")
+    nn.add_argument("--nn-verify", type=int, default=200, help="rows checked by brute force")
     args = parser.parse_args(argv)
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:

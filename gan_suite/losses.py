@@ -133,3 +133,55 @@ def domain_classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     pair classification {D1: both source, D2: both translated, C: one of each}.
     ``logits``: ``(P, 3)``, ``labels``: ``(P,)`` int64, mean over pairs."""
     return F.cross_entropy(logits, labels)
+
+
+def feature_matching_loss(real_features: list[Tensor], fake_features: list[Tensor]) -> Tensor:
+    """DiscoGAN official code's feature-matching term (Salimans et al. 2016 style).
+
+    For each intermediate discriminator feature map, the squared difference of the batch
+    means of real and generated features, averaged over its elements; summed over the maps:
+    sum_l mean((E_real[f_l] - E_fake[f_l])^2). Zero when the two batches' mean features agree.
+    Pass detached real features: only the generated side should carry a gradient.
+    """
+    if len(real_features) != len(fake_features):
+        raise ValueError(
+            f"feature_matching_loss: {len(real_features)} real vs {len(fake_features)} fake maps"
+        )
+    return sum(
+        F.mse_loss(fake.mean(0), real.mean(0)) for real, fake in zip(real_features, fake_features)
+    )
+
+
+def recon_rate_schedule(
+    iteration: int, start_rate: float = 0.01, rate: float = 0.5, switch_iteration: int = 10_000
+) -> float:
+    """DiscoGAN official code's reconstruction-weight curriculum: the weight ``r`` of the
+    reconstruction term, ``start_rate`` before ``switch_iteration`` batches, ``rate`` from then
+    on. The generator loss of a direction is then (1 - r) * L_GAN + r * L_CONST."""
+    return start_rate if iteration < switch_iteration else rate
+
+
+def exponential_decay_lr(
+    step: int, initial_lr: float = 0.1, decay_factor: float = 1.00004, min_lr: float = 1e-6
+) -> float:
+    """Learning rate after ``step`` batches: initial_lr / decay_factor**step, floored at min_lr.
+
+    The cGAN schedule (Mirza & Osindero 2014, section 4.1: 0.1 "exponentially decreased down
+    to .000001 with decay factor of 1.00004"), pylearn2's per-batch ``ExponentialDecay``.
+    """
+    return max(initial_lr * decay_factor ** (-float(step)), min_lr)
+
+
+def linear_momentum(
+    epoch: int,
+    initial: float = 0.5,
+    final: float = 0.7,
+    start_epoch: int = 1,
+    saturate_epoch: int = 250,
+) -> float:
+    """Momentum at ``epoch``: ``initial`` until ``start_epoch``, then linear up to ``final`` at
+    ``saturate_epoch`` and constant after (pylearn2's ``MomentumAdjustor``; cGAN section 4.1:
+    "initial value of .5 which was increased up to 0.7")."""
+    span = max(saturate_epoch - start_epoch, 1)
+    alpha = min(max((epoch - start_epoch) / span, 0.0), 1.0)
+    return initial + alpha * (final - initial)

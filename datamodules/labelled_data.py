@@ -1,0 +1,226 @@
+"""Building blocks of the labelled data module: one split's items, seeded stratified
+sub-sampling (validation carve-out and the labelled/unlabelled split), and the Dataset.
+
+Kept apart from the sources (``labelled_sources.py``) so every source - folders, MNIST, CelebA,
+shapes, digits - only has to describe its items as a ``LabelledSplit``; splitting, hiding
+labels and augmentation then happen once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .io import read_mask, read_rgb
+from .transforms import apply, build_transform, draw_seed
+
+Normalize = Literal["tanh", "unit"]
+LabelKind = Literal["class", "attributes"]
+
+# ITU-R BT.601 luma weights (what Pillow's convert("L") uses); they sum to 1, so applying them
+# after the [-1, 1] normalisation gives the same result as before it.
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """The items of one split of a labelled source, as aligned arrays.
+
+    Attributes:
+        images: Image files, or a uint8 array ``(N, H, W)`` (grayscale) / ``(N, H, W, 3)``.
+        labels: int64 ``(N,)`` class indices or float32 ``(N, K)`` 0/1 attribute vectors.
+        attributes: float32 ``(N, K)`` attribute vectors served beside a class label (shapes).
+        masks: Semantic mask file per image (shapes), or None.
+        domains: int64 ``(N,)`` style domain per item (shapes with ``domain="both"``), or None.
+        groups: int64 ``(N,)``: items sharing a group (the A and B image of one scene) always
+            land on the same side of every split, so no scene is both labelled and unlabelled.
+    """
+
+    images: tuple[Path, ...] | np.ndarray
+    labels: np.ndarray
+    attributes: np.ndarray | None = None
+    masks: tuple[Path, ...] | None = None
+    domains: np.ndarray | None = None
+    groups: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, keep: np.ndarray) -> LabelledSplit:
+        """The items where the boolean mask (or index array) ``keep`` selects."""
+        index = np.flatnonzero(keep) if keep.dtype == bool else keep
+
+        def take(values: Any) -> Any:
+            if values is None:
+                return None
+            if isinstance(values, tuple):
+                return tuple(values[i] for i in index)
+            return values[index]
+
+        return replace(
+            self,
+            images=take(self.images),
+            labels=take(self.labels),
+            attributes=take(self.attributes),
+            masks=take(self.masks),
+            domains=take(self.domains),
+            groups=take(self.groups),
+        )
+
+    def image(self, index: int) -> np.ndarray:
+        """Item ``index`` as an ``(H, W, 3)`` uint8 array (grayscale replicated)."""
+        if isinstance(self.images, tuple):
+            return read_rgb(self.images[index])
+        image = self.images[index]
+        return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+
+def strata(labels: np.ndarray) -> np.ndarray:
+    """Stratum id per item: the class, or the full 0/1 pattern of an attribute vector."""
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    return np.unique(labels, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def stratified_choice(
+    strata_ids: np.ndarray,
+    fraction: float,
+    rng: np.random.Generator,
+    *,
+    groups: np.ndarray | None = None,
+    at_least_one: bool = True,
+) -> np.ndarray:
+    """Boolean mask choosing ``round(fraction * count)`` groups of every stratum at random.
+
+    Args:
+        strata_ids: Stratum of each item (a group's stratum is that of its first item).
+        fraction: Share of each stratum to choose.
+        rng: Source of randomness; the choice depends only on it and the inputs.
+        groups: Group of each item (all of a group is chosen or none); default one per item.
+        at_least_one: Choose at least one group of every stratum even where the rounded
+            share is 0 (a labelled subset must show every class).
+    """
+    groups = np.arange(len(strata_ids)) if groups is None else groups
+    unique_groups, first = np.unique(groups, return_index=True)
+    group_strata = strata_ids[first]
+    chosen = []
+    for stratum in np.unique(group_strata):  # sorted, so the draw order is fixed
+        members = unique_groups[group_strata == stratum]
+        # Half-up rounding: Python's round() would send 0.5 to 0 for even counts.
+        quota = int(np.floor(fraction * len(members) + 0.5))
+        if at_least_one:
+            quota = max(quota, 1)
+        chosen.append(rng.permutation(members)[:quota])
+    picked = np.concatenate(chosen) if chosen else np.array([], dtype=np.int64)
+    return np.isin(groups, picked)
+
+
+def carve_validation(
+    train: LabelledSplit, fraction: float, seed: int
+) -> tuple[LabelledSplit, LabelledSplit]:
+    """Split a seeded, class-stratified ``fraction`` off ``train`` as the validation set.
+
+    Used where a source ships no validation split. At least one item goes to validation when
+    the train set has two or more, so a validation loop always has something to run on.
+    """
+    rng = np.random.default_rng([seed, 1])
+    val = stratified_choice(
+        strata(train.labels), fraction, rng, groups=train.groups, at_least_one=False
+    )
+    if fraction > 0 and not val.any() and len(train) > 1:
+        groups = np.arange(len(train)) if train.groups is None else train.groups
+        val = groups == groups[int(rng.integers(len(train)))]
+    return train.subset(~val), train.subset(val)
+
+
+def labelled_mask(train: LabelledSplit, fraction: float, seed: int) -> np.ndarray:
+    """Which training items keep their labels: ``round(fraction * count)`` of every stratum
+    (class, or attribute pattern), at least one each, chosen by ``seed``."""
+    if fraction >= 1.0:
+        return np.ones(len(train), dtype=bool)
+    rng = np.random.default_rng([seed, 2])
+    return stratified_choice(strata(train.labels), fraction, rng, groups=train.groups)
+
+
+class LabelledTransform:
+    """Resize (+ optional flip) with the shared albumentations pipeline, then convert to the
+    requested channels and value range.
+
+    Reuses ``build_transform`` (RGB, [-1, 1]) with ``load_size == crop_size`` so the random
+    crop is a no-op; grayscale and [0, 1] outputs are derived from its tensor, which keeps one
+    pipeline for every data module.
+    """
+
+    def __init__(
+        self, image_size: int, *, flip: bool, train: bool, channels: int, normalize: Normalize
+    ) -> None:
+        self.pipeline: A.Compose = build_transform(
+            load_size=image_size, crop_size=image_size, flip=flip, train=train
+        )
+        self.channels, self.normalize = channels, normalize
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+        targets = {"image": image} if mask is None else {"image": image, "mask": mask}
+        out = apply(self.pipeline, draw_seed(), **targets)
+        tensor = out["image"]  # (3, H, W) in [-1, 1]
+        if self.channels == 1:
+            tensor = (tensor * _LUMA).sum(dim=0, keepdim=True)
+        if self.normalize == "unit":
+            tensor = (tensor + 1.0) / 2.0
+        out["image"] = tensor.clamp_(-1.0 if self.normalize == "tanh" else 0.0, 1.0)
+        return out
+
+
+def _hidden(value: torch.Tensor) -> torch.Tensor:
+    """What an unlabelled item shows in place of an annotation: -1 for a class index and
+    for mask pixels (the usual ``ignore_index``), zeros for an attribute vector."""
+    if value.is_floating_point():
+        return torch.zeros_like(value)
+    return torch.full_like(value, -1)
+
+
+class LabelledDataset(Dataset):
+    """Items of one ``LabelledSplit`` as batch dicts (keys: see ``datamodules.labelled``).
+
+    Args:
+        split: The items.
+        transform: A ``LabelledTransform``.
+        labelled: Boolean per item; False hides its annotations (``label``, ``attributes``,
+            ``mask``) and keeps the truth only under ``<key>_true``. None = all labelled.
+    """
+
+    def __init__(
+        self,
+        split: LabelledSplit,
+        transform: LabelledTransform,
+        labelled: np.ndarray | None = None,
+    ) -> None:
+        self.split, self.transform = split, transform
+        self.labelled = np.ones(len(split), dtype=bool) if labelled is None else labelled
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        split = self.split
+        mask = None if split.masks is None else read_mask(split.masks[index])
+        out = self.transform(split.image(index), mask)
+        labelled = bool(self.labelled[index])
+        item: dict[str, Any] = {"image": out["image"], "index": index, "labelled": labelled}
+        annotations = {"label": torch.as_tensor(split.labels[index])}
+        if split.attributes is not None:
+            annotations["attributes"] = torch.as_tensor(split.attributes[index])
+        if mask is not None:
+            annotations["mask"] = out["mask"]
+        for key, value in annotations.items():
+            item[f"{key}_true"] = value
+            item[key] = value if labelled else _hidden(value)
+        if split.domains is not None:
+            item["domain"] = int(split.domains[index])
+        return item

@@ -1,0 +1,251 @@
+"""DiscoGAN (Kim, Cha, Kim, Lee & Kim, ICML 2017): discovering cross-domain relations.
+
+Two 64x64 encoder-decoder generators G_AB, G_BA and two sigmoid discriminators D_A, D_B.
+Per direction (paper eq. 1-4): L_CONST_A = d(G_BA(G_AB(x_A)), x_A) with a distance d
+(MSE, cosine or hinge) and L_GAN_B = -E[log D_B(G_AB(x_A))]; the generator objective is
+eq. 5, L_G = L_GAN_B + L_CONST_A + L_GAN_A + L_CONST_B, and the discriminators' eq. 6,
+L_D = L_D_A + L_D_B with the standard BCE GAN loss.
+
+Three options reproduce the official code's training (all off by default, the paper's text):
+``fm_weight`` mixes a feature-matching term into the adversarial term, ``recon_weight_schedule``
+weighs reconstruction against adversarial terms by a curriculum (0.01, then 0.5 after 10k
+batches), and ``d_update_interval`` updates D only every n-th batch (3 in the official code).
+
+One device:  gan-suite fit --config experiments/discogan.yaml --data.data_dir DATA
+Multi-GPU:   gan-suite fit --config experiments/discogan.yaml --config experiments/presets/ddp.yaml
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gan_suite.eval.metrics import Translation, two_way_translations
+from gan_suite.losses import (
+    discriminator_adv_loss,
+    feature_matching_loss,
+    generator_adv_loss,
+    recon_rate_schedule,
+    reconstruction_loss,
+)
+from gan_suite.models.base import GANModule
+from gan_suite.nets import init_weights
+from gan_suite.nets.dcgan import DCGANDiscriminator, EncoderDecoderGenerator
+
+RECON_DISTANCES = ("mse", "cosine", "hinge")
+
+
+class DiscoGAN(GANModule):
+    """Two encoder-decoder generators and two DCGAN discriminators, manual optimisation.
+
+    Each training batch is one iteration: a generator step (both generators), then, on
+    iterations ``i`` with ``i % d_update_interval == 0``, a discriminator step (both
+    discriminators). The iteration count is a buffer, saved in checkpoints, so that the
+    curriculum and the D interval resume where they were.
+
+    Args:
+        in_channels: channels of domain A images.
+        out_channels: channels of domain B images.
+        ngf: generator width (first encoder conv; 64 in the paper).
+        ndf: discriminator width (64 in the paper).
+        recon_distance: distance of L_CONST: ``mse`` (paper's default), ``cosine``, ``hinge``.
+        fm_weight: official code's feature matching, w in (1 - w) * L_GAN + w * L_FM per
+            direction (0: the paper's pure GAN loss; the official code uses 0.9).
+        recon_weight_schedule: weigh each direction's loss as (1 - r) * L_GAN + r * L_CONST
+            with the official curriculum r (off: the paper's eq. 5, both weights 1).
+        recon_rate_start: r before ``recon_schedule_iters`` batches (0.01).
+        recon_rate: r from then on (0.5).
+        recon_schedule_iters: batches before r switches (10,000).
+        d_update_interval: update D on every n-th batch. Default 1 (every batch): the paper's
+            text describes plain alternating updates and gives no interval; the official code
+            uses 3 (and there skips G on those batches), set it for the official behaviour.
+        lr: Adam learning rate of G and D (2e-4).
+        betas: Adam betas (0.5, 0.999).
+        weight_decay: Adam L2 weight decay of G and D (1e-5, official code).
+        init_type: weight initialisation (``normal`` = N(0, init_gain), the DCGAN convention).
+        init_gain: standard deviation of the initial weights (0.02).
+        channels_last: run the nets in channels_last memory format (faster on GPUs).
+    """
+
+    sample_panels_names = ("A | G_AB(A) | G_BA(G_AB(A))", "B | G_BA(B) | G_AB(G_BA(B))")
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        ndf: int = 64,
+        recon_distance: str = "mse",
+        fm_weight: float = 0.0,
+        recon_weight_schedule: bool = False,
+        recon_rate_start: float = 0.01,
+        recon_rate: float = 0.5,
+        recon_schedule_iters: int = 10_000,
+        d_update_interval: int = 1,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        weight_decay: float = 1e-5,
+        init_type: str = "normal",
+        init_gain: float = 0.02,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(channels_last=channels_last)
+        if recon_distance not in RECON_DISTANCES:
+            raise ValueError(
+                f"recon_distance={recon_distance!r}: expected one of {', '.join(RECON_DISTANCES)}"
+            )
+        if d_update_interval < 1:
+            raise ValueError(f"d_update_interval={d_update_interval}: expected an integer >= 1")
+        if not 0.0 <= fm_weight <= 1.0:
+            raise ValueError(f"fm_weight={fm_weight}: expected a value in [0, 1]")
+        self.save_hyperparameters()
+        self.G_AB = EncoderDecoderGenerator(in_channels, out_channels, ngf)
+        self.G_BA = EncoderDecoderGenerator(out_channels, in_channels, ngf)
+        self.D_A = DCGANDiscriminator(in_channels, ndf)
+        self.D_B = DCGANDiscriminator(out_channels, ndf)
+        for net in (self.G_AB, self.G_BA, self.D_A, self.D_B):
+            init_weights(net, init_type, init_gain)
+        # training batches seen; a buffer so that it is checkpointed (global_step counts
+        # optimizer steps, which vary per batch with d_update_interval > 1)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: Tensor, direction: str = "AtoB") -> Tensor:
+        """Translate a batch: ``AtoB`` uses G_AB, ``BtoA`` uses G_BA."""
+        return (self.G_AB if direction == "AtoB" else self.G_BA)(self.prepare_images(x))
+
+    # -- the algorithm ------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        opt_g, opt_d = self.optimizers()
+        fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
+        if self.updates_discriminator():
+            self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
+        self.iteration += 1
+
+    def updates_discriminator(self) -> bool:
+        """Whether the current iteration has a D step (every ``d_update_interval``-th)."""
+        return int(self.iteration) % self.hparams.d_update_interval == 0
+
+    def current_recon_rate(self) -> float | None:
+        """The curriculum's reconstruction weight r now, or None when the schedule is off."""
+        hp = self.hparams
+        if not hp.recon_weight_schedule:
+            return None
+        return recon_rate_schedule(
+            int(self.iteration), hp.recon_rate_start, hp.recon_rate, hp.recon_schedule_iters
+        )
+
+    def _translate_cycle(self, real_A: Tensor, real_B: Tensor) -> dict[str, Tensor]:
+        fake_B = self.G_AB(real_A)  # x_AB
+        fake_A = self.G_BA(real_B)  # x_BA
+        return {
+            "fake_B": fake_B,
+            "rec_A": self.G_BA(fake_B),  # x_ABA
+            "fake_A": fake_A,
+            "rec_B": self.G_AB(fake_A),  # x_BAB
+        }
+
+    def _recon_terms(self, real_A: Tensor, real_B: Tensor, out: dict[str, Tensor]) -> dict:
+        """L_CONST_A and L_CONST_B (paper eq. 2 and its mirror), unweighted."""
+        d = self.hparams.recon_distance
+        return {
+            "recon_A": reconstruction_loss(out["rec_A"], real_A, d),
+            "recon_B": reconstruction_loss(out["rec_B"], real_B, d),
+        }
+
+    def _adversarial_terms(self, D, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        """L_GAN of one generator against D (eq. 3) and, if enabled, the feature-matching
+        term between D's mean features of real and generated images (official code)."""
+        logits, fake_feats = D(fake)
+        terms = {"adv": generator_adv_loss(logits, "vanilla")}
+        if self.hparams.fm_weight > 0:
+            with torch.no_grad():  # the real side is a target: no graph needed
+                _, real_feats = D(real)
+            terms["fm"] = feature_matching_loss(real_feats, fake_feats)
+        return terms
+
+    def _gan_part(self, terms: dict[str, Tensor], direction: str) -> Tensor:
+        """(1 - w) * L_GAN + w * L_FM of one direction (just L_GAN when w = 0, the paper)."""
+        w = self.hparams.fm_weight
+        adv = terms[f"adv_{direction}"]
+        return adv if w == 0 else (1 - w) * adv + w * terms[f"fm_{direction}"]
+
+    def _generator_step(self, opt_g, real_A: Tensor, real_B: Tensor) -> tuple[Tensor, Tensor]:
+        """Both generators at once, D fixed: eq. 5, or the official weighting if enabled."""
+        with self.toggled_optimizer(opt_g):
+            out = self._translate_cycle(real_A, real_B)
+            terms = self._recon_terms(real_A, real_B, out)  # L_CONST_A, L_CONST_B
+            for direction, D, real, fake in (
+                ("AB", self.D_B, real_B, out["fake_B"]),  # L_GAN_B
+                ("BA", self.D_A, real_A, out["fake_A"]),  # L_GAN_A
+            ):
+                for name, value in self._adversarial_terms(D, real, fake).items():
+                    terms[f"{name}_{direction}"] = value
+            gan = self._gan_part(terms, "AB") + self._gan_part(terms, "BA")
+            const = terms["recon_A"] + terms["recon_B"]
+            r = self.current_recon_rate()
+            if r is None:  # paper eq. 5: L_GAN_B + L_CONST_A + L_GAN_A + L_CONST_B
+                g_loss = gan + const
+            else:  # official code: (1 - r) * L_GAN + r * L_CONST per direction
+                g_loss = (1 - r) * gan + r * const
+                terms["recon_rate"] = torch.tensor(r, device=g_loss.device)
+            terms["g_loss"] = g_loss
+            self.log_terms("train", terms, prog_bar=("g_loss",))
+            self.backward_and_step(opt_g, g_loss)
+        return out["fake_A"].detach(), out["fake_B"].detach()
+
+    def _discriminator_step(self, opt_d, real_A, real_B, fake_A, fake_B) -> None:
+        """D_A and D_B (disjoint parameters, one optimizer): eq. 6 with BCE on logits."""
+        with self.toggled_optimizer(opt_d):
+            terms = {
+                "d_A": discriminator_adv_loss(self.D_A(real_A)[0], self.D_A(fake_A)[0], "vanilla"),
+                "d_B": discriminator_adv_loss(self.D_B(real_B)[0], self.D_B(fake_B)[0], "vanilla"),
+            }
+            terms["d_loss"] = terms["d_A"] + terms["d_B"]
+            self.log_terms("train", terms, prog_bar=("d_loss",))
+            self.backward_and_step(opt_d, terms["d_loss"])
+
+    # -- evaluation ---------------------------------------------------------------------
+    def _eval_step(self, batch: dict, prefix: str) -> dict[str, Tensor]:
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        out = self._translate_cycle(real_A, real_B)
+        self.log_terms(prefix, self._recon_terms(real_A, real_B, out))
+        return out
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        out = {}
+        if "A" in batch:
+            out["fake_B"] = self(batch["A"], "AtoB")
+        if "B" in batch:
+            out["fake_A"] = self(batch["B"], "BtoA")
+        return out
+
+    def evaluation_translations(self, batch: dict) -> list[Translation]:
+        """Both directions, for the Evaluation callback."""
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        return two_way_translations(batch, fake_B=self.G_AB(real_A), fake_A=self.G_BA(real_B))
+
+    def sample_panels(self, batch: dict) -> dict[str, list[Tensor]]:
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        out = self._translate_cycle(real_A, real_B)
+        return {
+            "A->B": [real_A, out["fake_B"], out["rec_A"]],
+            "B->A": [real_B, out["fake_A"], out["rec_B"]],
+        }
+
+    def configure_optimizers(self):
+        hp = self.hparams
+
+        def adam(*nets):
+            params = [p for net in nets for p in net.parameters()]
+            return torch.optim.Adam(
+                params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+            )
+
+        return [adam(self.G_AB, self.G_BA), adam(self.D_A, self.D_B)]

@@ -120,7 +120,8 @@ def test_content_consistency_loss_zero_for_identical_patches_positive_otherwise(
     net = SiameseNet(width=4, depth=2, feature_channels=8)
     patch = torch.randn(4, 3, 10, 10)
     att_1, att_2, _ = net(patch, patch.clone())
-    assert content_consistency_loss(att_1, att_2) == 0
+    # zero up to float rounding (one batched pass may order the sums differently per row)
+    assert content_consistency_loss(att_1, att_2) < 1e-12
     att_1, att_2, _ = net(patch, torch.randn(4, 3, 10, 10))
     assert content_consistency_loss(att_1, att_2) > 0
     mask = torch.tensor([True, False, False, False])
@@ -212,7 +213,8 @@ def test_generator_gets_the_siamese_gradient_through_s():
 # -- end to end ------------------------------------------------------------------------------
 def test_fit_fast_dev_run_through_the_cli():
     cli = cli_main(
-        ["fit", "--config", str(EXPERIMENTS / "opgan.yaml"), *TINY, "--trainer.fast_dev_run=1"]
+        ["fit", "--config", str(EXPERIMENTS / "opgan.yaml"), *TINY, "--trainer.fast_dev_run=1",
+         "--test_after_fit=false"]
     )
     assert Path(cli.trainer.default_root_dir).parent == Path("runs") / "opgan"
     assert cli.trainer.global_step == 3  # one batch: G, S and D steps

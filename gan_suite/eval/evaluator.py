@@ -328,6 +328,7 @@ def _atomic_write(target: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -43,9 +43,7 @@ def _normalised(features: Tensor, normalized: bool) -> Tensor:
     return x if normalized else F.normalize(x, dim=1)
 
 
-def _merge(
-    best_val: Tensor, best_idx: Tensor, row0: int, sims: Tensor, col0: int, k: int
-) -> None:
+def _merge(best_val: Tensor, best_idx: Tensor, row0: int, sims: Tensor, col0: int, k: int) -> None:
     """Fold the block ``sims`` (rows row0.., columns col0..) into the running top-k in place."""
     rows = slice(row0, row0 + sims.shape[0])
     val, idx = torch.topk(sims, min(k, sims.shape[1]), dim=1)  # (r, k'), block-local columns

@@ -1,6 +1,6 @@
 """Baselines that every translation model must beat, evaluated like a trained model.
 
-    gan-suite test --config experiments/identity.yaml     # translation = input
+gan-suite test --config experiments/identity.yaml     # translation = input
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ Multi-GPU:   ... --config experiments/presets/ddp.yaml
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
@@ -611,7 +612,10 @@ def load_or_train_label_evaluator(
         "num_workers": 0,
         "pin_memory": False,
     }
-    data_args = {**dict(datamodule.hparams), **overrides}
+    # hparams also hold LightningCLI's bookkeeping (``_class_path``): keep constructor args
+    accepted = inspect.signature(LabelledDataModule).parameters
+    data_args = {k: v for k, v in dict(datamodule.hparams).items() if k in accepted}
+    data_args.update(overrides)
     size = int(data_args["image_size"])
     ev_args = {
         "n_classes": datamodule.num_classes,

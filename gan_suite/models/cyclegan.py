@@ -126,7 +126,7 @@ class CycleGAN(GANModule):
         return terms
 
     def _generator_step(self, opt_g, real_A: Tensor, real_B: Tensor) -> tuple[Tensor, Tensor]:
-        """Both generators at once, D fixed: adversarial + cycle + identity."""
+        """Both generators at once, D fixed: adversarial + cycle + identity (+ extra terms)."""
         with self.toggled_optimizer(opt_g):
             out = self._translate_cycle(real_A, real_B)
             terms = {
@@ -134,10 +134,18 @@ class CycleGAN(GANModule):
                 "adv_BA": generator_adv_loss(self.D_A(out["fake_A"]), self.hparams.gan_mode),
                 **self._cycle_terms(real_A, real_B, out),
             }
-            terms["g_loss"] = sum(terms.values())
-            self.log_terms("train", terms, prog_bar=("g_loss",))
+            terms.update(self.extra_generator_terms(real_A, real_B, out))
+            terms["g_loss"] = sum(v for k, v in terms.items() if not k.startswith("_"))
+            self.log_terms(
+                "train", {k.lstrip("_"): v for k, v in terms.items()}, prog_bar=("g_loss",)
+            )
             self.backward_and_step(opt_g, terms["g_loss"])
         return out["fake_A"].detach(), out["fake_B"].detach()
+
+    def extra_generator_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict:
+        """Terms a CycleGAN extension adds to G's objective (OP-GAN's beta * L_S); a name
+        starting with ``_`` is logged but not added to the loss."""
+        return {}
 
     def _discriminator_step(self, opt_d, real_A, real_B, fake_A, fake_B) -> None:
         """D_A and D_B (disjoint parameters, one optimizer), each on history-buffer fakes."""

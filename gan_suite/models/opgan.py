@@ -27,7 +27,6 @@ from torch import Tensor
 from gan_suite.losses import (
     content_consistency_loss,
     domain_classification_loss,
-    generator_adv_loss,
     linear_decay_factor,
 )
 from gan_suite.models.cyclegan import CycleGAN
@@ -172,32 +171,18 @@ class OPGAN(CycleGAN):
         terms["s_acc"] = (correct / count).detach()
         return terms
 
-    def _generator_step(self, opt_g, real_A: Tensor, real_B: Tensor) -> tuple[Tensor, Tensor]:
-        """Gmain: both generators, S and D frozen: adversarial + cycle + identity + beta * L_S.
-
-        Overrides CycleGAN's step because L_S must join the same backward (see the module
-        docstring); the CycleGAN terms are computed by CycleGAN's own helpers.
-        """
+    def extra_generator_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict:
+        """Gmain's addition to CycleGAN's G objective: beta * L_S through the translations (S
+        and D are frozen by the G step's toggle; the gradient reaches G via the patches)."""
         hp = self.hparams
-        with self.toggled_optimizer(opt_g):
-            out = self._translate_cycle(real_A, real_B)
-            terms = {
-                "adv_AB": generator_adv_loss(self.D_B(out["fake_B"]), hp.gan_mode),
-                "adv_BA": generator_adv_loss(self.D_A(out["fake_A"]), hp.gan_mode),
-                **self._cycle_terms(real_A, real_B, out),
-            }
-            s_terms = self.siamese_terms(
-                real_A, real_B, out["fake_A"], out["fake_B"], hp.cc_all_positions
-            )
-            terms["g_l_s"] = s_terms["l_s"] * hp.siamese_weight
-            terms["g_loss"] = sum(terms.values())
-            self.log_terms(
-                "train",
-                {**terms, "g_l_cc": s_terms["l_cc"], "g_l_dc": s_terms["l_dc"]},
-                prog_bar=("g_loss",),
-            )
-            self.backward_and_step(opt_g, terms["g_loss"])
-        return out["fake_A"].detach(), out["fake_B"].detach()
+        s_terms = self.siamese_terms(
+            real_A, real_B, out["fake_A"], out["fake_B"], hp.cc_all_positions
+        )
+        return {
+            "g_l_s": s_terms["l_s"] * hp.siamese_weight,
+            "_g_l_cc": s_terms["l_cc"],
+            "_g_l_dc": s_terms["l_dc"],
+        }
 
     def _siamese_step(self, opt_s, real_A, real_B, fake_A, fake_B) -> None:
         """Smain: S alone on L_S = L_cc + L_dc, G fixed (``fake_*`` are detached)."""

@@ -72,8 +72,9 @@ class GBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, cond_dim: int) -> None:
         super().__init__()
-        self.bn1, self.bn2 = ConditionalBatchNorm2d(c_in, cond_dim), ConditionalBatchNorm2d(
-            c_out, cond_dim
+        self.bn1, self.bn2 = (
+            ConditionalBatchNorm2d(c_in, cond_dim),
+            ConditionalBatchNorm2d(c_out, cond_dim),
         )
         self.conv1, self.conv2 = sn_conv(c_in, c_out), sn_conv(c_out, c_out)
         self.shortcut = sn_conv(c_in, c_out, 1)
@@ -142,9 +143,7 @@ class BigGANGenerator(nn.Module):
         self.embed_y = nn.Embedding(n_classes, class_embed_dim) if n_classes > 0 else None
         cond_dim = self.z_chunk + feature_embed_dim + (class_embed_dim if n_classes > 0 else 0)
         self.linear = sn(nn.Linear(self.z_chunk, 4 * 4 * self.ch0))
-        self.blocks = nn.ModuleList(
-            GBlock(ch * i, ch * o, cond_dim) for i, o in zip(ins, outs)
-        )
+        self.blocks = nn.ModuleList(GBlock(ch * i, ch * o, cond_dim) for i, o in zip(ins, outs))
         self.out_bn = nn.BatchNorm2d(ch * outs[-1])
         self.out_conv = sn_conv(ch * outs[-1], 3)
 

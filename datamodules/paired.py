@@ -130,7 +130,6 @@ class PairedDataModule(ImageDomainDataModule):
         self.layout, self.direction, self.unaligned = layout, direction, unaligned
         self.save_hyperparameters()
 
-
     @property
     def ground_truth_pairs(self) -> bool:
         """Paired layouts always hold true pairs in their test split."""

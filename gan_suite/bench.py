@@ -134,6 +134,7 @@ def bench_fid(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- registry and entry point
 
+
 def _time_steps(step: Callable[[], None], n: int) -> float:
     """Seconds per call of ``step``, after one untimed warm-up call."""
     step()

@@ -142,7 +142,9 @@ class GanSuiteCLI(LightningCLI):
     def after_fit(self) -> None:
         self._report()
         if self.config[self.subcommand].get("test_after_fit"):
-            has_ckpt = self.trainer.checkpoint_callback is not None and not self.trainer.fast_dev_run
+            has_ckpt = (
+                self.trainer.checkpoint_callback is not None and not self.trainer.fast_dev_run
+            )
             self.trainer.test(
                 self.model, datamodule=self.datamodule, ckpt_path="last" if has_ckpt else None
             )

@@ -72,8 +72,12 @@ def test_paired_fidelity_psnr_ssim():
 
 
 def test_two_way_translations_pair_sources_with_targets():
-    batch = {"A": torch.zeros(1, 3, 4, 4), "B": torch.ones(1, 3, 4, 4),
-             "A_label": torch.tensor([2]), "B_label": torch.tensor([3])}
+    batch = {
+        "A": torch.zeros(1, 3, 4, 4),
+        "B": torch.ones(1, 3, 4, 4),
+        "A_label": torch.tensor([2]),
+        "B_label": torch.tensor([3]),
+    }
     ab, ba = two_way_translations(batch, fake_B=batch["A"] + 0.5, fake_A=batch["B"] - 0.5)
     assert ab.direction == "A->B" and torch.equal(ab.real_target, batch["B"])
     assert int(ab.source_label) == 2 and int(ba.source_label) == 3

@@ -213,8 +213,14 @@ def test_generator_gets_the_siamese_gradient_through_s():
 # -- end to end ------------------------------------------------------------------------------
 def test_fit_fast_dev_run_through_the_cli():
     cli = cli_main(
-        ["fit", "--config", str(EXPERIMENTS / "opgan.yaml"), *TINY, "--trainer.fast_dev_run=1",
-         "--test_after_fit=false"]
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENTS / "opgan.yaml"),
+            *TINY,
+            "--trainer.fast_dev_run=1",
+            "--test_after_fit=false",
+        ]
     )
     assert Path(cli.trainer.default_root_dir).parent == Path("runs") / "opgan"
     assert cli.trainer.global_step == 3  # one batch: G, S and D steps

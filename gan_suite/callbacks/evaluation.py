@@ -195,8 +195,11 @@ class Evaluation(L.Callback):
             model=type(pl_module).__name__,
             checkpoint=trainer.ckpt_path,
             dataset=str(getattr(dm, "root", "")),
-            extra={"feature": self.feature, "epoch": trainer.current_epoch,
-                   "global_step": trainer.global_step},
+            extra={
+                "feature": self.feature,
+                "epoch": trainer.current_epoch,
+                "global_step": trainer.global_step,
+            },
         )
         report = write_report_html(run_dir)
         header, rows = compare_runs([run_dir])

@@ -60,10 +60,22 @@ def two_way_translations(batch: dict, fake_B: Tensor, fake_A: Tensor) -> list[Tr
     where the data has true pairs, and against A's label and mask (the translation must keep
     the source's object); B->A symmetrically."""
     return [
-        Translation("A->B", fake_B, batch["B"], batch.get("A_label"), batch.get("A_mask"),
-                    paired_target=batch["B"]),
-        Translation("B->A", fake_A, batch["A"], batch.get("B_label"), batch.get("B_mask"),
-                    paired_target=batch["A"]),
+        Translation(
+            "A->B",
+            fake_B,
+            batch["B"],
+            batch.get("A_label"),
+            batch.get("A_mask"),
+            paired_target=batch["B"],
+        ),
+        Translation(
+            "B->A",
+            fake_A,
+            batch["A"],
+            batch.get("B_label"),
+            batch.get("B_mask"),
+            paired_target=batch["A"],
+        ),
     ]
 
 
@@ -156,8 +168,11 @@ class TranslationMetrics(nn.Module):
         """Forget the generated images; keep the real-image features (computed once a run)."""
         if self.fidkid is not None:
             self.fidkid.reset_fake()
-        for m in (self.psnr, self.ssim, *(getattr(self, k, None) for k in
-                                          ("label_acc", "object_iou", "object_miou"))):
+        for m in (
+            self.psnr,
+            self.ssim,
+            *(getattr(self, k, None) for k in ("label_acc", "object_iou", "object_miou")),
+        ):
             if m is not None:
                 m.reset()
         self.counts.clear()

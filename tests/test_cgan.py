@@ -182,11 +182,24 @@ def test_cgan_vectors_trains_and_tags_the_toy(tmp_path):
     _toy_vectors(tmp_path)
     dm = VectorDataModule(str(tmp_path), batch_size=16)
     model = CGANVectors(
-        feature_dim=6, word_dim=8, z_dim=4, g_z_hidden=8, g_cond_hidden=16, d_x_units=8,
-        d_cond_units=8, d_joint_units=8, samples_per_item=5, eval_n_items=4,
+        feature_dim=6,
+        word_dim=8,
+        z_dim=4,
+        g_z_hidden=8,
+        g_cond_hidden=16,
+        d_x_units=8,
+        d_cond_units=8,
+        d_joint_units=8,
+        samples_per_item=5,
+        eval_n_items=4,
     )
-    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, datamodule=dm)
     assert int(model.iteration) == 1  # one batch: a D step and a G step
     results = model.evaluate("test")
@@ -200,14 +213,21 @@ def test_cgan_vectors_trains_and_tags_the_toy(tmp_path):
 def _digits(**kw) -> L.LightningDataModule:
     from datamodules import LabelledDataModule
 
-    args = dict(source="digits", image_size=28, channels=1, normalize="unit", batch_size=16,
-                num_workers=0)
+    args = dict(
+        source="digits", image_size=28, channels=1, normalize="unit", batch_size=16, num_workers=0
+    )
     return LabelledDataModule(**{**args, **kw})
 
 
 def test_each_step_gives_gradients_to_its_own_net_only_and_the_schedule_resumes(tmp_path):
-    model = CGAN(g_z_hidden=16, g_cond_hidden=16, g_joint_hidden=32, d_x_units=8, d_cond_units=4,
-                 d_joint_units=8)
+    model = CGAN(
+        g_z_hidden=16,
+        g_cond_hidden=16,
+        g_joint_hidden=32,
+        d_x_units=8,
+        d_cond_units=4,
+        d_joint_units=8,
+    )
     seen: list[tuple[set, set]] = []
     names = dict(model.named_parameters())
 
@@ -220,8 +240,14 @@ def test_each_step_gives_gradients_to_its_own_net_only_and_the_schedule_resumes(
         opt.zero_grad(set_to_none=True)
 
     model.backward_and_step = spy
-    trainer = L.Trainer(max_steps=4, limit_val_batches=0, accelerator="cpu", logger=False,
-                        enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=4,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, datamodule=_digits())
     d_step, g_step = seen[0], seen[1]
     assert d_step[0] == {n for n in names if n.startswith("D.")} == d_step[1]
@@ -265,8 +291,9 @@ TINY = [
 
 
 def test_cli_fast_dev_run_then_test_writes_the_metrics():
-    cli = cli_main(["fit", "--config", str(EXPERIMENTS / "cgan.yaml"), *TINY,
-                    "--trainer.fast_dev_run=1"])
+    cli = cli_main(
+        ["fit", "--config", str(EXPERIMENTS / "cgan.yaml"), *TINY, "--trainer.fast_dev_run=1"]
+    )
     run_dir = Path(cli.trainer.default_root_dir)
     assert run_dir.parent == Path("runs") / "cgan"
     assert cli.trainer.global_step == 2 and int(cli.model.iteration) == 1

@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import EXPERIMENTS, TINY_TWO_DOMAIN, run_ddp_fit
 
 from gan_suite.cli import cli_main
 from gan_suite.losses import content_consistency_loss, domain_classification_loss
 from gan_suite.models.opgan import OPGAN
 from gan_suite.nets.siamese import D1, D2, C, SiameseNet, grid_patches, sample_patch_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
-
-# the paper's YAML with every size shrunk (as tests/test_cli.py's TINY) and a tiny S
+# the paper's YAML with every size shrunk (as the CycleGAN tests) and a tiny S
 TINY = [
-    "--model.init_args.ngf=4",
-    "--model.init_args.n_blocks=1",
-    "--model.init_args.ndf=4",
+    *TINY_TWO_DOMAIN,
     "--model.init_args.siamese_width=4",
     "--model.init_args.siamese_depth=2",
     "--model.init_args.siamese_features=8",
-    "--data.init_args.load_size=36",
-    "--data.init_args.crop_size=32",
-    "--data.init_args.batch_size=2",
-    "--data.init_args.num_workers=0",
-    "--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 32}",
-    "--trainer.accelerator=cpu",
-    "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger, "
-    "init_args: {save_dir: runs}}]",
-    "--trainer.enable_progress_bar=false",
 ]
 
 
@@ -232,28 +215,7 @@ def test_fit_fast_dev_run_through_the_cli():
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("LOCAL_RANK", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "gan_suite.cli",
-        "fit",
-        "--config",
-        str(EXPERIMENTS / "opgan.yaml"),
-        *TINY,
-        "--config",
-        str(EXPERIMENTS / "presets" / "ddp.yaml"),
-        "--trainer.devices=2",
-        "--trainer.accelerator=cpu",
-        "--trainer.max_epochs=2",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--run_id=ddp",
-        "--trainer.callbacks+=gan_suite.callbacks.DDPConsistencyCheck",
-    ]
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads((tmp_path / "runs/opgan/ddp/ddp_check.json").read_text())
+    report = run_ddp_fit("opgan.yaml", TINY, tmp_path, "opgan")
     assert report["world_size"] == 2
     assert len(report["divergence"]) == 2 and max(report["divergence"]) < 1e-6
+    assert (report["run_dir"] / "checkpoints" / "last.ckpt").is_file()

@@ -638,8 +638,9 @@ def load_or_train_label_evaluator(
             dm = LabelledDataModule(**data_args)
             dm.setup("fit")
             dm.setup("test")
-            model = Evaluator(**ev_args)
-            with _seeded(seed):
+            # called from validation/test hooks, which run under inference mode
+            with torch.inference_mode(False), torch.enable_grad(), _seeded(seed):
+                model = Evaluator(**ev_args)
                 _train_classifier(model, dm.train_dataloader(), max_epochs)
             model.eval()
             with torch.no_grad():
@@ -657,7 +658,8 @@ def load_or_train_label_evaluator(
                 "pytorch-lightning_version": L.__version__,
             }
             _atomic_write(ckpt, lambda p: torch.save(state, p))
-    return load_evaluator(ckpt)
+    with torch.inference_mode(False):  # real parameters, not inference tensors
+        return load_evaluator(ckpt)
 
 
 def _train_classifier(model, loader, max_epochs: int) -> None:

@@ -203,6 +203,10 @@ class ICGAN(GANModule):
         hp, cache = self.hparams, self._cache_path()
         key = {
             "n": len(dataset),
+            # which data: a user cache path must not be reused for another dataset of size n
+            "data": repr(
+                [getattr(datamodule, a, None) for a in ("source", "data_dir", "embedded")]
+            ),
             "extractor": hp.feature_extractor,
             "dim": hp.feature_dim,
             "k": hp.k,
@@ -421,15 +425,15 @@ class ICGAN(GANModule):
         m = self._metrics.get(stage)
         if not m or m["n"] == 0:
             return {}
-        scores = m["fidkid"].compute()
-        m["fidkid"].reset_fake()
-        m["real_done"] = True  # the same held-out images every epoch: real features kept
         common = {"n_images": m["n"], "extractor": "evaluator"}
-        results = {
-            "fid": {"value": scores["fid"], "n_real": scores["n_real"], **common},
-            "kid": {"value": scores["kid_mean"], "std": scores["kid_std"], **common},
-            "class_agreement": {"value": m["agree"] / m["n"], **common},
-        }
+        results = {"class_agreement": {"value": m["agree"] / m["n"], **common}}
+        fidkid = m["fidkid"]
+        if min(int(fidkid.fid.real_features_num_samples), m["n"]) >= 2:  # FID needs 2 of each
+            scores = fidkid.compute()
+            results["fid"] = {"value": scores["fid"], "n_real": scores["n_real"], **common}
+            results["kid"] = {"value": scores["kid_mean"], "std": scores["kid_std"], **common}
+        fidkid.reset_fake()
+        m["real_done"] = True  # the same held-out images every epoch: real features kept
         if stage == "test":
             results["class_agreement_other_instance"] = {"value": m["other"] / m["n"], **common}
             if m["n_instances"]:

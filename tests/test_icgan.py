@@ -1,0 +1,240 @@
+"""IC-GAN: exact bounded-memory k-NN, BigGAN nets, neighbour sampling, EMA, sampling, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from gan_suite.eval import neighbours as nbr
+from gan_suite.models.icgan import ICGAN
+from gan_suite.nets.biggan import BigGANDiscriminator, BigGANGenerator, ConditionalBatchNorm2d
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_NETS = dict(g_ch=4, d_ch=4, feature_embed_dim=8, z_dim=20, feature_dim=16, k=5)
+
+
+# ------------------------------------------------------------------ neighbour search
+@pytest.mark.parametrize(
+    "n, dim, k, chunk, include_self",
+    [
+        (300, 8, 5, 64, True),
+        (300, 8, 5, 64, False),
+        (257, 16, 12, 100, True),
+        (100, 4, 1, 7, False),
+        (40, 3, 39, 16, False),
+        (64, 5, 64, 1000, True),
+    ],
+)
+def test_knn_equals_brute_force(n, dim, k, chunk, include_self):
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(n + k))
+    ours = nbr.knn_cosine(x, k, chunk_size=chunk, include_self=include_self)
+    ref = nbr.brute_force_knn(x, k, include_self=include_self)
+    assert ours.shape == (n, k) and ours.dtype == torch.int64
+    assert torch.equal(ours, ref)
+    if include_self:
+        assert torch.equal(ours[:, 0], torch.arange(n))  # an instance is its own first NN
+    else:
+        assert not (ours == torch.arange(n)[:, None]).any()
+
+
+def test_knn_keeps_self_first_even_with_duplicates():
+    x = torch.randn(10, 4).repeat(3, 1)  # every feature three times
+    assert torch.equal(nbr.knn_cosine(x, 3, chunk_size=7)[:, 0], torch.arange(30))
+
+
+def test_knn_works_block_by_block_never_n_by_n(monkeypatch):
+    shapes, merge = [], nbr._merge
+    monkeypatch.setattr(
+        nbr,
+        "_merge",
+        lambda bv, bi, r0, s, c0, k: (shapes.append(s.shape), merge(bv, bi, r0, s, c0, k)),
+    )
+    x = torch.randn(500, 8)
+    out = nbr.knn_cosine(x, 4, chunk_size=64)
+    assert torch.equal(out, nbr.brute_force_knn(x, 4))
+    assert shapes and max(max(s) for s in shapes) <= 64  # only chunk x chunk blocks
+
+
+def test_knn_query_and_bad_k():
+    x = torch.randn(50, 6)
+    q = torch.randn(7, 6)
+    sims = nn.functional.normalize(q, dim=1) @ nn.functional.normalize(x, dim=1).T
+    assert torch.equal(nbr.knn_cosine_query(q, x, 4, chunk_size=3), sims.topk(4).indices)
+    with pytest.raises(ValueError, match="k=50"):
+        nbr.knn_cosine(x, 50, include_self=False)
+
+
+def test_missing_resnet50_weights_names_the_file(tmp_path):
+    missing = tmp_path / "swav.pth"
+    with pytest.raises(FileNotFoundError, match="swav.pth"):
+        nbr.load_resnet50_features(str(missing))
+    model = ICGAN(feature_extractor="resnet50", feature_weights=str(missing), **TINY_NETS)
+    with pytest.raises(FileNotFoundError, match="swav.pth"):
+        model.feature_net()
+
+
+def test_resnet50_loads_a_local_checkpoint(tmp_path):
+    from torchvision.models import resnet50
+
+    state = {"module." + k: v for k, v in resnet50(weights=None).state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "w.pth")  # SwAV-style checkpoint
+    net = nbr.load_resnet50_features(str(tmp_path / "w.pth"), input_size=32)
+    assert net(torch.rand(2, 3, 16, 16) * 2 - 1).shape == (2, 2048)
+
+
+# ------------------------------------------------------------------ nets
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("n_classes", [0, 3])
+def test_biggan_shapes(size, n_classes):
+    G = BigGANGenerator(
+        size,
+        z_dim=120,
+        ch=4,
+        feature_dim=16,
+        feature_embed_dim=8,
+        n_classes=n_classes,
+        class_embed_dim=4,
+    )
+    D = BigGANDiscriminator(size, ch=4, feature_dim=16, n_classes=n_classes)
+    h, y = torch.randn(2, 16), (torch.tensor([0, 2]) if n_classes else None)
+    x = G(torch.randn(2, 120), h, y)
+    assert x.shape == (2, 3, size, size) and x.abs().max() <= 1
+    assert D(x, h, y).shape == (2,)
+    assert G.condition(h, y).shape == (2, 8 + (4 if n_classes else 0))
+    assert D.embed_h.weight.shape == (D.num_features, 16)  # projection of h onto phi(x)
+
+
+def test_conditional_batchnorm_uses_the_condition():
+    cbn = ConditionalBatchNorm2d(6, cond_dim=5)
+    x, c = torch.randn(4, 6, 3, 3), torch.randn(4, 5)
+    assert cbn(x, c).shape == x.shape
+    assert not torch.allclose(cbn(x, c), cbn(x, torch.zeros_like(c)))
+    assert torch.allclose(cbn(x, torch.zeros_like(c)), cbn.bn(x))  # gain 1, bias 0 at c = 0
+
+
+# ------------------------------------------------------------------ the module
+def _stub_extractor() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 16))
+
+
+def _digits(**kw):
+    from datamodules import LabelledDataModule
+
+    dm = LabelledDataModule(source="digits", image_size=32, batch_size=8, num_workers=0, **kw)
+    dm.setup("fit")
+    return dm
+
+
+def _model(**kw) -> ICGAN:
+    model = ICGAN(image_size=32, **{**TINY_NETS, **kw})
+    model.set_feature_extractor(_stub_extractor())
+    return model
+
+
+def test_ema_update_math_and_checkpoint(tmp_path):
+    model = _model(ema_decay=0.9)
+    for p in model.G.parameters():
+        nn.init.constant_(p, 1.0)
+    for p in model.G_ema.parameters():
+        nn.init.constant_(p, 0.0)
+    model.update_ema()
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in model.G_ema.parameters())
+    assert not any(p.requires_grad for p in model.G_ema.parameters())
+    assert model.sampler is model.G_ema
+    keys = model.state_dict().keys()
+    assert any(k.startswith("G_ema.") for k in keys)
+    assert not any(k.startswith(("_extractor", "_evaluator")) for k in keys)
+
+
+def test_sampled_real_is_a_neighbour_and_generate_from_any_image():
+    dm = _digits()
+    model = _model(n_classes=10)
+    model.prepare_instances(dm)
+    n = len(dm.train_set)
+    assert model.instance_features.shape == (n, 16) and model.neighbours.shape == (n, 5)
+    assert torch.allclose(model.instance_features.norm(dim=1), torch.ones(n))
+    instances = torch.arange(0, n, n // 20)
+    real, labels, j = model.sample_neighbours(instances)
+    assert all(int(jj) in model.neighbours[i].tolist() for i, jj in zip(instances, j))
+    assert torch.equal(real, torch.stack([dm.train_set[int(t)]["image"] for t in j]))
+    assert torch.equal(labels, torch.as_tensor(dm.data.train.labels)[j])
+    outside = torch.rand(3, 3, 20, 20) * 2 - 1  # not a training image, another size
+    model.eval()
+    samples = model.generate_from_image(outside, n=4, labels=torch.tensor([1, 2, 3]))
+    assert samples.shape == (3, 4, 3, 32, 32) and torch.isfinite(samples).all()
+    panels = model.sample_panels({"image": outside, "label_true": torch.tensor([1, 2, 3])})
+    assert [c.shape for c in panels["instance | samples"]] == [(3, 3, 32, 32)] * 6
+
+
+def test_each_net_gets_gradients_only_in_its_own_step():
+    model = _model()
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: list[tuple[str, set[str]]] = []
+
+    def record(opt, loss):
+        model.manual_backward(loss)
+        which = (
+            "G" if opt.optimizer.param_groups[0]["params"][0] is next(model.G.parameters()) else "D"
+        )
+        seen.append((which, {names[id(p)] for p in model.parameters() if p.grad is not None}))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.backward_and_step = record
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=_digits())
+    assert [w for w, _ in seen] == ["D", "G"]
+    g = {n for n, _ in model.G.named_parameters(prefix="G")}
+    d = {n for n, _ in model.D.named_parameters(prefix="D")}
+    assert seen[0][1] == d and seen[1][1] == g  # every parameter, and none of the other net
+
+
+def test_cli_fast_dev_run_on_the_embedded_shapes():
+    from gan_suite.cli import cli_main
+
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "experiments" / "icgan.yaml"),
+            "--model.init_args.image_size=32",
+            "--model.init_args.g_ch=4",
+            "--model.init_args.d_ch=4",
+            "--model.init_args.feature_embed_dim=8",
+            "--model.init_args.k=3",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 32}",
+            "--trainer.accelerator=cpu",
+            "--trainer.fast_dev_run=1",
+            "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger,"
+            " init_args: {save_dir: runs}}]",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    run_dir = Path(cli.trainer.default_root_dir)
+    assert run_dir.parent == Path("runs") / "icgan"
+    assert cli.trainer.global_step == 2  # one D step and one G step
+    assert (run_dir / "instance_features.pt").is_file()  # feature_cache: auto
+    assert cli.model.neighbours.shape[1] == 3
+    # test_after_fit ran the test loop: metrics.json with the Evaluation schema
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for key in ("fid", "kid", "class_agreement", "class_agreement_other_instance"):
+        assert metrics[key]["extractor"] == "evaluator" and metrics[key]["n_images"] > 0

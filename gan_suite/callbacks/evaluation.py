@@ -6,6 +6,9 @@ batch, through ``evaluation_translations(batch) -> list[Translation]``.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +20,31 @@ from torch.utils.data import DataLoader, Subset
 from gan_suite.eval.features import make_feature_extractor
 from gan_suite.eval.fid import FIDKID
 from gan_suite.eval.metrics import TranslationMetrics
+
+_DISTRIBUTED_ENV = (
+    "LOCAL_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def _train_evaluator_in_subprocess(root: Path) -> None:
+    """``load_or_train_evaluator(root)`` in a fresh single-process Python (cache hit: instant)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _DISTRIBUTED_ENV and not k.startswith(("TORCHELASTIC_", "PL_"))
+    }
+    code = (
+        "import sys; from gan_suite.eval.evaluator import load_or_train_evaluator as f; "
+        "f(sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(root)], env=env, check=True)
 
 
 class _EvaluatorFeatures(nn.Module):
@@ -94,10 +122,18 @@ class Evaluation(L.Callback):
         dm = trainer.datamodule
         if getattr(dm, "labels", None) is None:
             return None  # no labelled data: no evaluator
+        if trainer.world_size > 1:
+            # A Trainer nested in a DDP process would join the outer process group and
+            # deadlock: rank 0 trains a missing evaluator in a clean subprocess, the others
+            # wait, then every rank reads the cached checkpoint.
+            if trainer.is_global_zero:
+                _train_evaluator_in_subprocess(dm.root)
+            trainer.strategy.barrier("gan_suite_evaluator")
         return load_or_train_evaluator(dm.root)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.evaluator is None and (self.use_evaluator or self.feature != "inception"):
+        wants_evaluator = self.use_evaluator or self.feature in {"auto", "evaluator"}
+        if self.evaluator is None and wants_evaluator:
             self.evaluator = self._load_evaluator(trainer)
             if self.evaluator is not None:
                 self.evaluator.to(pl_module.device)

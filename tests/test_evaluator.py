@@ -18,6 +18,7 @@ from gan_suite.eval.evaluator import (
     load_or_train_evaluator,
 )
 from gan_suite.eval.features import make_feature_extractor
+from gan_suite.eval.fid import FIDKID
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # A smaller budget than the default (1000 scenes, batch 32, 5 epochs): ~160 steps of 16 scenes,
@@ -71,6 +72,17 @@ def test_trained_evaluator_classifies_and_segments_held_out_scenes(trained):
     assert (model.classify(x).argmax(1) == labels).float().mean() >= 0.9
     masks = torch.cat([batch["A_mask"], batch["B_mask"]])
     assert (model.segment(x).argmax(1) == masks).float().mean() >= 0.9
+    # the features see the domain: the same scenes in A and B style are told apart, so the
+    # identity mapping cannot score a perfect A->B FID in these features
+    domains = torch.cat([torch.zeros(len(batch["A"])), torch.ones(len(batch["B"]))]).long()
+    assert (model.classify_domain(x).argmax(1) == domains).float().mean() >= 0.98
+    fidkid = FIDKID(make_feature_extractor("evaluator", model), kid_subset_size=50)
+    fidkid.update_real(batch["B"][:50])
+    fidkid.update_fake(batch["B"][50:])
+    same_domain = fidkid.compute()["fid"]
+    fidkid.reset_fake()
+    fidkid.update_fake(batch["A"][50:])
+    assert fidkid.compute()["fid"] > 10 * max(same_domain, 0.1)
 
 
 def test_features_serve_as_the_fid_extractor(trained):

@@ -23,6 +23,9 @@ class OracleEvaluator(nn.Module):
         cls = ((x[:, 0].mean(dim=(1, 2)) + 1) / 2 * 3.999).long()
         return F.one_hot(cls, 4).float()
 
+    def classify_domain(self, x):  # channel 2 > 0: domain B
+        return F.one_hot((x[:, 2].mean(dim=(1, 2)) > 0).long(), 2).float()
+
     def segment(self, x):
         cls = self.classify(x).argmax(1)
         seg = torch.where(x[:, 1] > 0, cls[:, None, None] + 1, 0)
@@ -44,9 +47,12 @@ def test_label_and_object_preservation_against_known_truth():
     masks[:, 2:6, 2:6] = (labels + 1)[:, None, None]
     m = TranslationMetrics(None, OracleEvaluator(), n_classes=4)
     # a perfect translation keeps class and object
-    m.update(Translation("A->B", _images(labels, masks), None, labels, masks), with_real=False)
+    out = _images(labels, masks)
+    out[:3, 2] = 1.0  # three of the four outputs look like domain B
+    m.update(Translation("A->B", out, None, labels, masks, target_domain=1), with_real=False)
     r = m.compute()
     assert r["label_acc"]["value"] == 1.0 and r["object_iou"]["value"] == 1.0
+    assert r["domain_acc"]["value"] == 0.75
     assert r["label_acc"]["n_images"] == 4 and r["object_iou"]["extractor"] == "evaluator"
     m.reset()
     # wrong class for half of them, object shifted by 2 px: IoU 8 / 24 of a 4x4 square

@@ -41,7 +41,7 @@ from gan_suite.nets.evaluator_net import EvaluatorNet
 
 #: Bump when the net, the training recipe or the report change: old cached evaluators are
 #: then ignored rather than silently reused.
-EVALUATOR_VERSION = 1
+EVALUATOR_VERSION = 2  # 2: domain head (FID features must see the domain)
 DOMAINS = ("A", "B")
 
 
@@ -60,6 +60,10 @@ class Evaluator(L.LightningModule):
         lr: peak Adam learning rate of the one-cycle schedule.
         weight_decay: Adam L2 weight decay.
         seg_weight: weight of the segmentation cross-entropy relative to the class one.
+        domain_weight: weight of the domain (A vs B) cross-entropy. The class and mask heads
+            must ignore style, but the pooled features are also FID/KID's feature space, which
+            must tell the domains apart, or the identity mapping would score a perfect FID;
+            the domain head keeps the style in the features.
         color_jitter: strength of the random per-image brightness, contrast and per-channel
             gain jitter applied to training images (0 = off); see ``augment``.
         noise_std: standard deviation of Gaussian pixel noise added to training images, in
@@ -74,6 +78,7 @@ class Evaluator(L.LightningModule):
         lr: float = 8e-3,
         weight_decay: float = 1e-4,
         seg_weight: float = 1.0,
+        domain_weight: float = 1.0,
         color_jitter: float = 0.15,
         noise_std: float = 0.04,
     ) -> None:
@@ -81,6 +86,7 @@ class Evaluator(L.LightningModule):
         self.save_hyperparameters()
         self.net = EvaluatorNet(n_classes=n_classes, width=width, input_size=input_size)
         self.num_features = self.net.num_features
+        self.domain_head = nn.Linear(self.num_features, len(DOMAINS))
         metrics: dict[str, nn.Module] = {}
         for stage in ("val", "test"):
             for domain in (*DOMAINS, "all"):
@@ -96,6 +102,10 @@ class Evaluator(L.LightningModule):
     def segment(self, x: Tensor) -> Tensor:
         """(N, 3, H, W) images in [-1, 1] -> (N, 1 + n_classes, H, W) logits, 0 = background."""
         return self.net.segment(x)
+
+    def classify_domain(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, 2) logits of domain A (0) vs B (1)."""
+        return self.domain_head(self.features(x))
 
     def features(self, x: Tensor) -> Tensor:
         """(N, 3, H, W) images in [-1, 1] -> (N, 4 * width) pooled features for FID/KID."""
@@ -138,7 +148,12 @@ class Evaluator(L.LightningModule):
         class_logits, seg_logits = self.net(x)
         class_loss = F.cross_entropy(class_logits, labels)
         seg_loss = F.cross_entropy(seg_logits, masks)
-        return class_loss + self.hparams.seg_weight * seg_loss, class_loss, seg_loss
+        # _both_domains puts the A half first, then the B half
+        domains = torch.arange(len(x), device=x.device) >= len(x) // 2
+        domain_loss = F.cross_entropy(self.classify_domain(x), domains.long())
+        hp = self.hparams
+        total = class_loss + hp.seg_weight * seg_loss + hp.get("domain_weight", 1.0) * domain_loss
+        return total, class_loss, seg_loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """CE(class) + seg_weight * CE(pixels) on the jittered A and B images of the batch."""

@@ -8,6 +8,7 @@ evaluated images:
   reported with every number;
 - ``psnr``, ``ssim`` — paired fidelity of the translation to the true target, where
   ground-truth pairs exist (the embedded data, paired datasets);
+- ``domain_acc`` — the evaluator places the output in the target domain (did it translate?);
 - ``label_acc`` — the evaluator's class of the translation equals the source's label (or the
   requested target label, for conditional generators);
 - ``object_iou`` — foreground IoU between the source's object mask and the evaluator's
@@ -43,6 +44,8 @@ class Translation:
         source_label: class the output should show (N,), or None.
         source_mask: semantic mask the output should keep (N, H, W), or None.
         paired_target: the ground-truth translation (N, 3, H, W), or None.
+        target_domain: index of the domain the output should belong to (0 = A, 1 = B), for
+            the evaluator's domain accuracy, or None.
     """
 
     direction: str
@@ -51,6 +54,7 @@ class Translation:
     source_label: Tensor | None = None
     source_mask: Tensor | None = None
     paired_target: Tensor | None = None
+    target_domain: int | None = None
 
 
 def two_way_translations(batch: dict, fake_B: Tensor, fake_A: Tensor) -> list[Translation]:
@@ -67,6 +71,7 @@ def two_way_translations(batch: dict, fake_B: Tensor, fake_A: Tensor) -> list[Tr
             batch.get("A_label"),
             batch.get("A_mask"),
             paired_target=batch["B"],
+            target_domain=1,
         ),
         Translation(
             "B->A",
@@ -75,12 +80,16 @@ def two_way_translations(batch: dict, fake_B: Tensor, fake_A: Tensor) -> list[Tr
             batch.get("B_label"),
             batch.get("B_mask"),
             paired_target=batch["A"],
+            target_domain=0,
         ),
     ]
 
 
 def _unit(images: Tensor) -> Tensor:
     return ((images.float().clamp(-1, 1) + 1) / 2).contiguous()
+
+
+_EVALUATOR_METRICS = ("domain_acc", "label_acc", "object_iou", "object_miou")
 
 
 class TranslationMetrics(nn.Module):
@@ -105,6 +114,7 @@ class TranslationMetrics(nn.Module):
             self.label_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
             self.object_iou = BinaryJaccardIndex()
             self.object_miou = MulticlassJaccardIndex(num_classes=1 + n_classes, average="macro")
+            self.domain_acc = MulticlassAccuracy(num_classes=2, average="micro")
         self.counts: dict[str, int] = {}
 
     def _count(self, name: str, n: int) -> None:
@@ -124,6 +134,10 @@ class TranslationMetrics(nn.Module):
         evaluator = self.evaluator[0]
         if evaluator is None:
             return
+        if t.target_domain is not None and hasattr(evaluator, "classify_domain"):
+            pred = evaluator.classify_domain(t.output).argmax(1)
+            self.domain_acc.update(pred, torch.full_like(pred, t.target_domain))
+            self._count("domain", n)
         if t.source_label is not None:
             self.label_acc.update(evaluator.classify(t.output).argmax(1), t.source_label)
             self._count("label", n)
@@ -146,6 +160,7 @@ class TranslationMetrics(nn.Module):
         pairs = {
             "psnr": ("paired", self.psnr),
             "ssim": ("paired", self.ssim),
+            "domain_acc": ("domain", getattr(self, "domain_acc", None)),
             "label_acc": ("label", getattr(self, "label_acc", None)),
             "object_iou": ("mask", getattr(self, "object_iou", None)),
             "object_miou": ("mask", getattr(self, "object_miou", None)),
@@ -154,7 +169,7 @@ class TranslationMetrics(nn.Module):
             n = self._global_count(kind)
             if metric is not None and n > 0:
                 out[name] = {"value": float(metric.compute()), "n_images": n}
-                if name.startswith(("label", "object")):
+                if name.startswith(("domain", "label", "object")):
                     out[name]["extractor"] = "evaluator"
         return out
 
@@ -171,7 +186,7 @@ class TranslationMetrics(nn.Module):
         for m in (
             self.psnr,
             self.ssim,
-            *(getattr(self, k, None) for k in ("label_acc", "object_iou", "object_miou")),
+            *(getattr(self, k, None) for k in _EVALUATOR_METRICS),
         ):
             if m is not None:
                 m.reset()

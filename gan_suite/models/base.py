@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from gan_suite.eval.metrics import Translation, two_way_translations
 from gan_suite.losses import check_finite
 
 
@@ -82,3 +83,61 @@ class GANModule(L.LightningModule):
         return list(self.sample_panels_names)
 
     sample_panels_names: tuple[str, ...] = ()
+
+
+class TwoDomainTranslator(GANModule):
+    """Shared plumbing of the A <-> B translators (CycleGAN, OP-GAN, DiscoGAN): nets named
+    ``G_AB`` and ``G_BA``, a ``_translate_cycle`` giving fakes and reconstructions, and an
+    ``_eval_terms`` giving the validation/test loss terms."""
+
+    sample_panels_names = ("A | G_AB(A) | G_BA(G_AB(A))", "B | G_BA(B) | G_AB(G_BA(B))")
+
+    def forward(self, x: Tensor, direction: str = "AtoB") -> Tensor:
+        """Translate a batch: ``AtoB`` uses G_AB, ``BtoA`` uses G_BA."""
+        return (self.G_AB if direction == "AtoB" else self.G_BA)(self.prepare_images(x))
+
+    def _translate_cycle(self, real_A: Tensor, real_B: Tensor) -> dict[str, Tensor]:
+        fake_B = self.G_AB(real_A)  # G(x)
+        fake_A = self.G_BA(real_B)  # F(y)
+        return {
+            "fake_B": fake_B,
+            "rec_A": self.G_BA(fake_B),
+            "fake_A": fake_A,
+            "rec_B": self.G_AB(fake_A),
+        }
+
+    def _eval_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _eval_step(self, batch: dict, prefix: str) -> dict[str, Tensor]:
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        out = self._translate_cycle(real_A, real_B)
+        self.log_terms(prefix, self._eval_terms(real_A, real_B, out))
+        return out
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        out = {}
+        if "A" in batch:
+            out["fake_B"] = self(batch["A"], "AtoB")
+        if "B" in batch:
+            out["fake_A"] = self(batch["B"], "BtoA")
+        return out
+
+    def evaluation_translations(self, batch: dict) -> list[Translation]:
+        """Both directions, for the Evaluation callback."""
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        return two_way_translations(batch, fake_B=self.G_AB(real_A), fake_A=self.G_BA(real_B))
+
+    def sample_panels(self, batch: dict) -> dict[str, list[Tensor]]:
+        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
+        out = self._translate_cycle(real_A, real_B)
+        return {
+            "A->B": [real_A, out["fake_B"], out["rec_A"]],
+            "B->A": [real_B, out["fake_A"], out["rec_B"]],
+        }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gan_suite.eval.metrics import Translation, two_way_translations
 from gan_suite.losses import (
     cycle_loss,
     discriminator_adv_loss,
@@ -21,11 +20,11 @@ from gan_suite.losses import (
     identity_loss,
     linear_decay_factor,
 )
-from gan_suite.models.base import GANModule
+from gan_suite.models.base import TwoDomainTranslator
 from gan_suite.nets import PatchDiscriminator, ResnetGenerator, init_weights
 
 
-class CycleGAN(GANModule):
+class CycleGAN(TwoDomainTranslator):
     """Two ResNet generators and two PatchGAN discriminators trained with manual optimisation.
 
     Args:
@@ -49,8 +48,6 @@ class CycleGAN(GANModule):
         init_gain: standard deviation of the initial weights (0.02).
         channels_last: run the nets in channels_last memory format (faster on GPUs).
     """
-
-    sample_panels_names = ("A | G_AB(A) | G_BA(G_AB(A))", "B | G_BA(B) | G_AB(G_BA(B))")
 
     def __init__(
         self,
@@ -88,26 +85,12 @@ class CycleGAN(GANModule):
                 f"(got {in_channels} and {out_channels}); set identity_weight: 0"
             )
 
-    def forward(self, x: Tensor, direction: str = "AtoB") -> Tensor:
-        """Translate a batch: ``AtoB`` uses G_AB, ``BtoA`` uses G_BA."""
-        return (self.G_AB if direction == "AtoB" else self.G_BA)(self.prepare_images(x))
-
     # -- the algorithm ------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
         opt_g, opt_d = self.optimizers()
         fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
         self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
-
-    def _translate_cycle(self, real_A: Tensor, real_B: Tensor) -> dict[str, Tensor]:
-        fake_B = self.G_AB(real_A)  # G(x)
-        fake_A = self.G_BA(real_B)  # F(y)
-        return {
-            "fake_B": fake_B,
-            "rec_A": self.G_BA(fake_B),
-            "fake_A": fake_A,
-            "rec_B": self.G_AB(fake_A),
-        }
 
     def _cycle_terms(self, real_A: Tensor, real_B: Tensor, out: dict[str, Tensor]) -> dict:
         hp = self.hparams
@@ -177,39 +160,8 @@ class CycleGAN(GANModule):
             )
 
     # -- evaluation ---------------------------------------------------------------------
-    def _eval_step(self, batch: dict, prefix: str) -> dict[str, Tensor]:
-        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        out = self._translate_cycle(real_A, real_B)
-        terms = self._cycle_terms(real_A, real_B, out)
-        self.log_terms(prefix, terms)
-        return out
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        return self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        return self._eval_step(batch, "test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        out = {}
-        if "A" in batch:
-            out["fake_B"] = self(batch["A"], "AtoB")
-        if "B" in batch:
-            out["fake_A"] = self(batch["B"], "BtoA")
-        return out
-
-    def evaluation_translations(self, batch: dict) -> list[Translation]:
-        """Both directions, for the Evaluation callback."""
-        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        return two_way_translations(batch, fake_B=self.G_AB(real_A), fake_A=self.G_BA(real_B))
-
-    def sample_panels(self, batch: dict) -> dict[str, list[Tensor]]:
-        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        out = self._translate_cycle(real_A, real_B)
-        return {
-            "A->B": [real_A, out["fake_B"], out["rec_A"]],
-            "B->A": [real_B, out["fake_A"], out["rec_B"]],
-        }
+    def _eval_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict[str, Tensor]:
+        return self._cycle_terms(real_A, real_B, out)
 
     def configure_optimizers(self):
         hp = self.hparams

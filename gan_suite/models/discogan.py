@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gan_suite.eval.metrics import Translation, two_way_translations
 from gan_suite.losses import (
     discriminator_adv_loss,
     feature_matching_loss,
@@ -28,14 +27,14 @@ from gan_suite.losses import (
     recon_rate_schedule,
     reconstruction_loss,
 )
-from gan_suite.models.base import GANModule
+from gan_suite.models.base import TwoDomainTranslator
 from gan_suite.nets import init_weights
 from gan_suite.nets.dcgan import DCGANDiscriminator, EncoderDecoderGenerator
 
 RECON_DISTANCES = ("mse", "cosine", "hinge")
 
 
-class DiscoGAN(GANModule):
+class DiscoGAN(TwoDomainTranslator):
     """Two encoder-decoder generators and two DCGAN discriminators, manual optimisation.
 
     Each training batch is one iteration: a generator step (both generators), then, on
@@ -66,8 +65,6 @@ class DiscoGAN(GANModule):
         init_gain: standard deviation of the initial weights (0.02).
         channels_last: run the nets in channels_last memory format (faster on GPUs).
     """
-
-    sample_panels_names = ("A | G_AB(A) | G_BA(G_AB(A))", "B | G_BA(B) | G_AB(G_BA(B))")
 
     def __init__(
         self,
@@ -109,10 +106,6 @@ class DiscoGAN(GANModule):
         # optimizer steps, which vary per batch with d_update_interval > 1)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
-    def forward(self, x: Tensor, direction: str = "AtoB") -> Tensor:
-        """Translate a batch: ``AtoB`` uses G_AB, ``BtoA`` uses G_BA."""
-        return (self.G_AB if direction == "AtoB" else self.G_BA)(self.prepare_images(x))
-
     # -- the algorithm ------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
@@ -134,16 +127,6 @@ class DiscoGAN(GANModule):
         return recon_rate_schedule(
             int(self.iteration), hp.recon_rate_start, hp.recon_rate, hp.recon_schedule_iters
         )
-
-    def _translate_cycle(self, real_A: Tensor, real_B: Tensor) -> dict[str, Tensor]:
-        fake_B = self.G_AB(real_A)  # x_AB
-        fake_A = self.G_BA(real_B)  # x_BA
-        return {
-            "fake_B": fake_B,
-            "rec_A": self.G_BA(fake_B),  # x_ABA
-            "fake_A": fake_A,
-            "rec_B": self.G_AB(fake_A),  # x_BAB
-        }
 
     def _recon_terms(self, real_A: Tensor, real_B: Tensor, out: dict[str, Tensor]) -> dict:
         """L_CONST_A and L_CONST_B (paper eq. 2 and its mirror), unweighted."""
@@ -206,38 +189,8 @@ class DiscoGAN(GANModule):
             self.backward_and_step(opt_d, terms["d_loss"])
 
     # -- evaluation ---------------------------------------------------------------------
-    def _eval_step(self, batch: dict, prefix: str) -> dict[str, Tensor]:
-        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        out = self._translate_cycle(real_A, real_B)
-        self.log_terms(prefix, self._recon_terms(real_A, real_B, out))
-        return out
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        return self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        return self._eval_step(batch, "test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        out = {}
-        if "A" in batch:
-            out["fake_B"] = self(batch["A"], "AtoB")
-        if "B" in batch:
-            out["fake_A"] = self(batch["B"], "BtoA")
-        return out
-
-    def evaluation_translations(self, batch: dict) -> list[Translation]:
-        """Both directions, for the Evaluation callback."""
-        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        return two_way_translations(batch, fake_B=self.G_AB(real_A), fake_A=self.G_BA(real_B))
-
-    def sample_panels(self, batch: dict) -> dict[str, list[Tensor]]:
-        real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        out = self._translate_cycle(real_A, real_B)
-        return {
-            "A->B": [real_A, out["fake_B"], out["rec_A"]],
-            "B->A": [real_B, out["fake_A"], out["rec_B"]],
-        }
+    def _eval_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict[str, Tensor]:
+        return self._recon_terms(real_A, real_B, out)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -26,7 +26,45 @@ Split = Literal["train", "val", "test"]
 _EMBEDDED_KEYS = set(inspect.signature(materialize_shapes).parameters)
 
 
-class ImageDomainDataModule(L.LightningDataModule):
+class SplitLoaders:
+    """DataLoaders of the ``train_set``/``val_set``/``test_set`` a data module builds in
+    ``setup``, from its ``batch_size``, ``num_workers``, ``pin_memory`` and ``seed``."""
+
+    def _loader(self, dataset: Dataset | None, name: str, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{name} dataset is not built; call setup() for its stage first")
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # Dropping the last partial batch keeps batch statistics even, but never drop
+            # the only batch of a dataset smaller than batch_size.
+            drop_last=train and len(dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader(self.train_set, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """The first ``val_size`` aligned pairs, in order."""
+        return self._loader(self.val_set, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        """All aligned test pairs, in order."""
+        return self._loader(self.test_set, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as the test loader."""
+        return self._loader(self.test_set, "predict")
+
+
+class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
     """Base for the unpaired and paired modules; see their docstrings for the arguments."""
 
     #: Human-readable expected layout, repeated in every layout error.
@@ -157,37 +195,3 @@ class ImageDomainDataModule(L.LightningDataModule):
             raise RuntimeError(f"split {split!r} is not set up; call setup() for its stage first")
         domain = self.domains[split][0 if side == "A" else 1]
         return SingleDomainDataset(domain, self.transform(train=False, paired=False), side)
-
-    # ---------------------------------------------------------------- loaders
-    def _loader(self, dataset: Dataset | None, name: str, train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{name} dataset is not built; call setup() for its stage first")
-        generator = torch.Generator().manual_seed(self.seed) if train else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            # Dropping the last partial batch keeps batch statistics even, but never drop
-            # the only batch of a dataset smaller than batch_size.
-            drop_last=train and len(dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            generator=generator,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return self._loader(self.train_set, "train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """The first ``val_size`` aligned pairs, in order."""
-        return self._loader(self.val_set, "val")
-
-    def test_dataloader(self) -> DataLoader:
-        """All aligned test pairs, in order."""
-        return self._loader(self.test_set, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """Same as the test loader."""
-        return self._loader(self.test_set, "predict")

@@ -52,10 +52,9 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
 
+from .base import SplitLoaders
 from .embedded import materialize_shapes
 from .io import DatasetLayoutError
 from .labelled_data import (
@@ -78,7 +77,7 @@ _ATTRIBUTE_SOURCES = ("celeba", "shapes")
 _EMBEDDED_KEYS = set(inspect.signature(materialize_shapes).parameters)
 
 
-class LabelledDataModule(L.LightningDataModule):
+class LabelledDataModule(SplitLoaders, L.LightningDataModule):
     """Labelled (or partly labelled) images; layouts and batch keys in the module docstring.
 
     Args:
@@ -254,39 +253,6 @@ class LabelledDataModule(L.LightningDataModule):
                 f"{len(mask)} training examples ({actual:.3f}) because every {what} keeps at "
                 "least one labelled example, so the effective fraction is higher than requested"
             )
-
-    # ---------------------------------------------------------------- loaders
-    def _loader(self, dataset: Dataset | None, name: str, train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{name} dataset is not built; call setup() for its stage first")
-        generator = torch.Generator().manual_seed(self.seed) if train else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            # Never drop the only batch of a training set smaller than batch_size.
-            drop_last=train and len(dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            generator=generator,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (labelled and unlabelled examples mixed)."""
-        return self._loader(self.train_set, "train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches, in order, no augmentation."""
-        return self._loader(self.val_set, "val")
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches, in order, no augmentation."""
-        return self._loader(self.test_set, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """Same as the test loader."""
-        return self._loader(self.test_set, "predict")
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

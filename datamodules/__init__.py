@@ -4,6 +4,8 @@
 - ``PairedDataModule``: pix2pix ``AB`` files or aligned folders; optionally served unaligned.
 - ``materialize_shapes`` / ``render_scene``: the embedded procedural two-style shapes dataset
   used when no ``data_dir`` is given.
+- ``LabelledDataModule``, ``DomainSplitDataModule``: labelled sources (below).
+- ``VectorDataModule``: (image feature, word vector) ``.npy`` arrays (cGAN's section 4.2).
 
 Batch keys of the two-domain modules: ``A``, ``B`` (float ``(N, 3, H, W)`` in [-1, 1]),
 ``A_path``, ``B_path`` (str), and when the data provides them ``A_mask``, ``B_mask``
@@ -43,3 +45,8 @@ __all__ += [
     "DomainSplitDataModule",
     "LabelledDataModule",
 ]
+
+# Feature / word-vector arrays (cGAN's multimodal model).
+from .vectors import VectorDataModule  # noqa: E402
+
+__all__ += ["VectorDataModule"]

@@ -32,18 +32,14 @@ from typing import Any
 
 from PIL import Image
 
+from gan_suite.eval.cache import atomic_write, default_cache_root
+
 from .io import DatasetLayoutError
 from .shapes import ATTRIBUTES, CLASSES, COLOR_MAP_B, COLORS, render_scene
 
 VERSION = 1
 SPLIT_CODES = {"train": 0, "test": 1}
 SCENES_FILE = "scenes.json"
-
-
-def default_cache_root() -> Path:
-    """``$GAN_SUITE_CACHE`` if set, else ``~/.cache/gan-suite``."""
-    env = os.environ.get("GAN_SUITE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gan-suite"
 
 
 def dataset_name(*, n_train: int, n_test: int, image_size: int, seed: int) -> str:
@@ -121,9 +117,7 @@ def _write_dataset(directory: Path, params: dict[str, Any]) -> None:
         "attributes": list(ATTRIBUTES),
         "splits": splits,
     }
-    marker_tmp = directory / (SCENES_FILE + ".part")
-    marker_tmp.write_text(json.dumps(meta))
-    os.replace(marker_tmp, directory / SCENES_FILE)
+    atomic_write(directory / SCENES_FILE, lambda path: path.write_text(json.dumps(meta)))
 
 
 def materialize_shapes(

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .embedded import default_cache_root, load_scenes
+from gan_suite.eval.cache import atomic_write, default_cache_root
+
+from .embedded import load_scenes
 from .io import DatasetLayoutError, ImageReadError, list_images, require_dir
 from .labelled_celeba import load_celeba
 from .labelled_data import LabelKind, LabelledSplit
@@ -128,16 +128,16 @@ def _mnist_torchvision_root(raw: Path) -> Path:
         if (target / name).is_file():
             continue
         # Written to a temporary file and renamed, so a concurrent rank never reads half a file.
-        handle, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
-        with os.fdopen(handle, "wb") as out:
-            if (raw / name).is_file():
-                with (raw / name).open("rb") as src:
-                    shutil.copyfileobj(src, out)
-            else:
-                with gzip.open(raw / f"{name}.gz", "rb") as src:
-                    shutil.copyfileobj(src, out)
-        os.replace(tmp, target / name)
+        atomic_write(target / name, lambda path, name=name: _copy_mnist_file(raw, name, path))
     return root
+
+
+def _copy_mnist_file(raw: Path, name: str, out: Path) -> None:
+    """Copy ``raw/<name>``, or decompress ``raw/<name>.gz``, to ``out``."""
+    plain = raw / name
+    src = plain.open("rb") if plain.is_file() else gzip.open(raw / f"{name}.gz", "rb")
+    with src, out.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def read_mnist(root: Path) -> LabelledSource:

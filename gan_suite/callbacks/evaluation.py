@@ -13,7 +13,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -220,23 +219,16 @@ class Evaluation(L.Callback):
             self._write_reports(trainer, pl_module, results)
 
     def _write_reports(self, trainer: L.Trainer, pl_module, results: dict[str, dict]) -> None:
-        from gan_suite.eval.compare import compare_runs, to_markdown
-        from gan_suite.eval.report import write_metrics_json, write_report_html
+        from gan_suite.eval.report import write_run_reports
 
-        run_dir = Path(trainer.default_root_dir)
-        dm = trainer.datamodule
-        write_metrics_json(
-            run_dir,
+        write_run_reports(
+            trainer,
             results,
             model=type(pl_module).__name__,
-            checkpoint=trainer.ckpt_path,
-            dataset=str(getattr(dm, "root", "")),
+            dataset=str(getattr(trainer.datamodule, "root", "")),
             extra={
                 "feature": self.feature,
                 "epoch": trainer.current_epoch,
                 "global_step": trainer.global_step,
             },
         )
-        report = write_report_html(run_dir)
-        header, rows = compare_runs([run_dir])
-        rank_zero_info("\n" + to_markdown(header, rows) + f"\n\nreport: {report}")

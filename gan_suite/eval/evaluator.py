@@ -16,27 +16,22 @@ checkpoint of :class:`Evaluator`.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import inspect
 import json
-import logging
 import os
-import random
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from gan_suite.eval.cache import atomic_write, default_cache_root, file_lock, quiet, seeded
 from gan_suite.nets.evaluator_net import EvaluatorNet
 
 #: Bump when the net, the training recipe or the report change: old cached evaluators are
@@ -262,11 +257,6 @@ def evaluator_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(f)
 
 
-def _default_cache_root() -> Path:
-    env = os.environ.get("GAN_SUITE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gan-suite"
-
-
 def require_labelled_dataset(root: str | os.PathLike[str]) -> Path:
     """Return ``root`` if it holds ``scenes.json`` labels and ``masks/``, else raise naming it."""
     from datamodules import DatasetLayoutError
@@ -296,60 +286,6 @@ def evaluator_fingerprint(root: Path, hparams: dict[str, Any], train: dict[str, 
     return "evaluator-" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock: concurrent callers (DDP ranks, parallel jobs) wait for the first to
-    finish training, then all load the same checkpoint."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch/numpy/random for training and give the caller its RNG states back."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    """Hide Lightning's info banners (devices, tips) of a training run nobody asked to watch."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    """``write(tmp_path)`` then ``os.replace``: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def train_evaluator(
     datamodule: L.LightningDataModule,
     model: Evaluator,
@@ -365,7 +301,7 @@ def train_evaluator(
     """
     # No `deterministic=True`: it switches torch.use_deterministic_algorithms on for the whole
     # process, which would outlive this call; seeded CPU training repeats without it.
-    with _quiet("lightning.pytorch", "lightning.fabric"):
+    with quiet("lightning.pytorch", "lightning.fabric"):
         trainer = L.Trainer(
             accelerator="cpu",
             devices=1,
@@ -382,7 +318,7 @@ def train_evaluator(
     start = time.perf_counter()
     try:
         torch.set_num_threads(num_threads or threads)
-        with _seeded(seed), _quiet("lightning.pytorch", "lightning.fabric"):
+        with seeded(seed), quiet("lightning.pytorch", "lightning.fabric"):
             trainer.fit(model, datamodule=datamodule)
     finally:
         torch.set_num_threads(threads)
@@ -433,9 +369,9 @@ def load_or_train_evaluator(
         data_dir, cache_dir, max_epochs, seed, batch_size, data_seed, evaluator_kwargs, embedded
     )
     root, ckpt = plan["root"], plan["ckpt"]
-    with _file_lock(ckpt.with_suffix(".lock")):
+    with file_lock(ckpt.with_suffix(".lock")):
         if not ckpt.is_file():
-            with _seeded(seed):  # the initial weights are part of the seeded recipe
+            with seeded(seed):  # the initial weights are part of the seeded recipe
                 model = Evaluator(**dict(plan["model"].hparams))
             from datamodules import UnpairedDataModule
 
@@ -448,9 +384,9 @@ def load_or_train_evaluator(
             )
             report = evaluate_evaluator(model, dm)
             report.update(epochs=max_epochs, seconds=round(seconds, 1), data=str(root))
-            _atomic_write(ckpt.with_suffix(".json"), lambda p: p.write_text(json.dumps(report)))
+            atomic_write(ckpt.with_suffix(".json"), lambda p: p.write_text(json.dumps(report)))
             # The checkpoint goes last: its presence means the report exists too.
-            _atomic_write(ckpt, lambda p: trainer.save_checkpoint(p, weights_only=True))
+            atomic_write(ckpt, lambda p: trainer.save_checkpoint(p, weights_only=True))
     return load_evaluator(ckpt)
 
 
@@ -481,7 +417,7 @@ def _plan(
     """Resolve the dataset root, build the untrained model and name its cache checkpoint."""
     from datamodules import load_scenes, materialize_shapes
 
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_root()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     if data_dir is None:
         root = materialize_shapes(**{"root": cache, **embedded, "seed": data_seed})
     else:

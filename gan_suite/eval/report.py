@@ -36,11 +36,14 @@ import re
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    import lightning as L
 
 SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
@@ -364,3 +367,35 @@ def _metrics_table(doc: dict) -> str:
             f"<td class='num'>{esc(str(e.get('n_images', '')))}</td><td>{esc(info)}</td></tr>"
         )
     return "\n".join(rows) + "</table>"
+
+
+# --------------------------------------------------------------------------- a tested run
+def write_run_reports(
+    trainer: L.Trainer,
+    results: dict[str, dict],
+    *,
+    model: str,
+    dataset: str,
+    extra: dict | None = None,
+    print_table: bool = True,
+) -> Path:
+    """``metrics.json`` and ``report.html`` of a test run, in ``trainer.default_root_dir``.
+
+    ``results`` are the metric entries (schema in the module docstring), ``model`` the model's
+    class name, ``dataset`` what the data module read; the checkpoint is ``trainer.ckpt_path``.
+    With ``print_table``, the run's metrics table (as ``gan-suite compare`` shows it) and the
+    report's path are logged on rank zero. Returns the path of ``report.html``.
+    """
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from gan_suite.eval.compare import compare_runs, to_markdown
+
+    run_dir = Path(trainer.default_root_dir)
+    write_metrics_json(
+        run_dir, results, model=model, checkpoint=trainer.ckpt_path, dataset=dataset, extra=extra
+    )
+    report = write_report_html(run_dir)
+    if print_table:
+        header, rows = compare_runs([run_dir])
+        rank_zero_info("\n" + to_markdown(header, rows) + f"\n\nreport: {report}")
+    return report

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from gan_suite.callbacks.evaluation import _EvaluatorFeatures
+from gan_suite.eval.instance_scores import InstanceScores
 from gan_suite.eval.neighbours import (
     extract_features,
     knn_cosine,
@@ -150,7 +151,7 @@ class ICGAN(GANModule):
         # Frozen helpers kept out of the state dict (object.__setattr__ skips registration)
         for name in ("_extractor", "_evaluator", "instance_features", "neighbours"):
             object.__setattr__(self, name, None)
-        object.__setattr__(self, "_metrics", {})
+        object.__setattr__(self, "_scores", {})
         self.train_labels: Tensor | None = None
         self._real_set = None
 
@@ -360,11 +361,10 @@ class ICGAN(GANModule):
         return self.generate_from_image(batch["image"], 1, self._labels_of(batch))[:, 0]
 
     # -- evaluation ---------------------------------------------------------------------
-    def _stage_metrics(self, stage: str) -> dict | None:
+    def _stage_scores(self, stage: str) -> InstanceScores | None:
         """FID/KID (evaluator features) and class-agreement counters of one stage."""
-        if stage not in self._metrics:
+        if stage not in self._scores:
             from gan_suite.eval.features import make_feature_extractor
-            from gan_suite.eval.fid import FIDKID
 
             ev = self.evaluator()
             if ev is None:
@@ -372,79 +372,43 @@ class ICGAN(GANModule):
                     "IC-GAN: no evaluator for this data (evaluator_checkpoint=...): "
                     "no FID or class agreement"
                 )
-                self._metrics[stage] = None
+                self._scores[stage] = None
             else:
                 net = make_feature_extractor(
                     "evaluator", _EvaluatorFeatures(ev), None, ev.num_features
                 )
-                self._metrics[stage] = {"fidkid": FIDKID(net), "real_done": False}
-                self._reset_counts(self._metrics[stage])
-        m = self._metrics[stage]
-        if m is not None:
-            m["fidkid"].to(self.device)
-        return m
-
-    @staticmethod
-    def _reset_counts(m: dict) -> None:
-        m.update(agree=0, other=0, n=0, purity=0.0, n_instances=0)
+                self._scores[stage] = InstanceScores(ev, net)
+        scores = self._scores[stage]
+        return None if scores is None else scores.to(self.device)
 
     @torch.no_grad()
     def _eval_step(self, batch: dict, stage: str) -> None:
         """Condition on held-out images: FID/KID of the samples against those images, and the
         share of samples whose evaluator class is the instance's class."""
-        m = None if self.trainer.sanity_checking else self._stage_metrics(stage)
-        if m is None:
+        scores = None if self.trainer.sanity_checking else self._stage_scores(stage)
+        if scores is None:
             return
-        ev, n = self.evaluator(), self.hparams.eval_samples_per_instance
+        n = self.hparams.eval_samples_per_instance
         images, labels = batch["image"], self._labels_of(batch)
         h = self.embed_instances(images)
         fakes = self.generate(h, n, labels).flatten(0, 1)  # (B * n, 3, S, S)
-        if not m["real_done"]:
-            m["fidkid"].update_real(images)
-        m["fidkid"].update_fake(fakes)
-        target = batch.get("label_true")
-        if target is None or target.dim() != 1:
-            target = ev.classify(images).argmax(1)  # no ground-truth class: the evaluator's
-        target = target.to(self.device)
-        m["agree"] += int((ev.classify(fakes).argmax(1) == target.repeat_interleave(n)).sum())
-        m["n"] += fakes.shape[0]
+        target = scores.update(images, fakes, batch.get("label_true"), n)
         if stage != "test":
             return
         # chance level: samples conditioned on another instance (the batch rolled by one)
         other_labels = None if labels is None else labels.roll(1, 0)
         others = self.generate(h.roll(1, 0), n, other_labels).flatten(0, 1)
-        m["other"] += int((ev.classify(others).argmax(1) == target.repeat_interleave(n)).sum())
+        scores.update_other_instance(others, target, n)
         # how class-pure the feature neighbourhoods themselves are (the data's ceiling)
         if self.instance_features is not None and (self.train_labels >= 0).all():
             nn_idx = knn_cosine_query(h, self.instance_features, self.hparams.k).cpu()
-            same = self.train_labels[nn_idx] == target.cpu()[:, None]
-            m["purity"] += float(same.float().mean(1).sum())
-            m["n_instances"] += h.shape[0]
+            scores.update_purity(self.train_labels[nn_idx] == target.cpu()[:, None])
 
     def _compute(self, stage: str) -> dict[str, dict]:
-        m = self._metrics.get(stage)
-        if not m or m["n"] == 0:
+        scores, hp = self._scores.get(stage), self.hparams
+        if scores is None:
             return {}
-        common = {"n_images": m["n"], "extractor": "evaluator"}
-        results = {"class_agreement": {"value": m["agree"] / m["n"], **common}}
-        fidkid = m["fidkid"]
-        if min(int(fidkid.fid.real_features_num_samples), m["n"]) >= 2:  # FID needs 2 of each
-            scores = fidkid.compute()
-            results["fid"] = {"value": scores["fid"], "n_real": scores["n_real"], **common}
-            results["kid"] = {"value": scores["kid_mean"], "std": scores["kid_std"], **common}
-        fidkid.reset_fake()
-        m["real_done"] = True  # the same held-out images every epoch: real features kept
-        if stage == "test":
-            results["class_agreement_other_instance"] = {"value": m["other"] / m["n"], **common}
-            if m["n_instances"]:
-                results["nn_class_purity"] = {
-                    "value": m["purity"] / m["n_instances"],
-                    "n_images": m["n_instances"],
-                    "extractor": self.hparams.feature_extractor,
-                    "k": self.hparams.k,
-                }
-        self._reset_counts(m)
-        return results
+        return scores.compute(stage == "test", extractor=hp.feature_extractor, k=hp.k)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -465,14 +429,13 @@ class ICGAN(GANModule):
 
     def _write_reports(self, results: dict[str, dict]) -> None:
         """metrics.json (the Evaluation callback's schema) and report.html in the run dir."""
-        from gan_suite.eval.report import write_metrics_json, write_report_html
+        from gan_suite.eval.report import write_run_reports
 
-        run_dir, dm, hp = Path(self.trainer.default_root_dir), self._datamodule(), self.hparams
-        write_metrics_json(
-            run_dir,
+        dm, hp = self._datamodule(), self.hparams
+        report = write_run_reports(
+            self.trainer,
             results,
             model=type(self).__name__,
-            checkpoint=self.trainer.ckpt_path,
             dataset=str(getattr(dm, "data_dir", None) or getattr(dm, "source", "")),
             extra={
                 "feature_extractor": hp.feature_extractor,
@@ -480,8 +443,9 @@ class ICGAN(GANModule):
                 "epoch": self.current_epoch,
                 "global_step": self.global_step,
             },
+            print_table=False,
         )
-        rank_zero_info(f"IC-GAN report: {write_report_html(run_dir)}")
+        rank_zero_info(f"IC-GAN report: {report}")
 
     def configure_optimizers(self):
         hp = self.hparams

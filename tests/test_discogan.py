@@ -159,13 +159,19 @@ def test_d_updates_only_every_interval_and_iteration_is_checkpointed(tmp_path):
     model = DiscoGAN(ngf=4, ndf=4, d_update_interval=3)
     rows = _fit(model, 5).rows
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4]
+    # the official alternation: D alone on every third batch, G alone on the others
     assert [r["d_moved"] for r in rows] == [True, False, False, True, False]
-    assert all(r["g_moved"] for r in rows)
+    assert [r["g_moved"] for r in rows] == [False, True, True, False, True]
     assert int(model.iteration) == 5
     # the counter is state: a checkpoint restores it, so schedules resume where they were
     restored = DiscoGAN(ngf=4, ndf=4, d_update_interval=3)
     restored.load_state_dict(model.state_dict())
     assert int(restored.iteration) == 5 and not restored.updates_discriminator()
+
+
+def test_interval_one_updates_both_every_batch():
+    rows = _fit(DiscoGAN(ngf=4, ndf=4), 3).rows  # the paper: G then D on every batch
+    assert all(r["d_moved"] and r["g_moved"] for r in rows)
 
 
 @pytest.mark.parametrize("switch", [100, 0])

@@ -37,10 +37,11 @@ RECON_DISTANCES = ("mse", "cosine", "hinge")
 class DiscoGAN(TwoDomainTranslator):
     """Two encoder-decoder generators and two DCGAN discriminators, manual optimisation.
 
-    Each training batch is one iteration: a generator step (both generators), then, on
-    iterations ``i`` with ``i % d_update_interval == 0``, a discriminator step (both
-    discriminators). The iteration count is a buffer, saved in checkpoints, so that the
-    curriculum and the D interval resume where they were.
+    Each training batch is one iteration. With ``d_update_interval`` 1 (the paper) it has a
+    generator step (both generators) and then a discriminator step (both discriminators);
+    with n > 1 (the official code), iterations ``i`` with ``i % n == 0`` have only the D step
+    and the others only the G step. The iteration count is a buffer, saved in checkpoints,
+    so that the curriculum and the D interval resume where they were.
 
     Args:
         in_channels: channels of domain A images.
@@ -57,7 +58,8 @@ class DiscoGAN(TwoDomainTranslator):
         recon_schedule_iters: batches before r switches (10,000).
         d_update_interval: update D on every n-th batch. Default 1 (every batch): the paper's
             text describes plain alternating updates and gives no interval; the official code
-            uses 3 (and there skips G on those batches), set it for the official behaviour.
+            uses 3, and its G steps only on the other batches (2 of every 3); any value > 1
+            does the same here.
         lr: Adam learning rate of G and D (2e-4).
         betas: Adam betas (0.5, 0.999).
         weight_decay: Adam L2 weight decay of G and D (1e-5, official code).
@@ -110,7 +112,11 @@ class DiscoGAN(TwoDomainTranslator):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
         opt_g, opt_d = self.optimizers()
-        fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
+        if self.updates_generator():
+            fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
+        else:  # an official D-only iteration: this batch's translations, no G step
+            with torch.no_grad():
+                fake_A, fake_B = self.G_BA(real_B), self.G_AB(real_A)
         if self.updates_discriminator():
             self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
         self.iteration += 1
@@ -118,6 +124,12 @@ class DiscoGAN(TwoDomainTranslator):
     def updates_discriminator(self) -> bool:
         """Whether the current iteration has a D step (every ``d_update_interval``-th)."""
         return int(self.iteration) % self.hparams.d_update_interval == 0
+
+    def updates_generator(self) -> bool:
+        """Whether the current iteration has a G step: always with ``d_update_interval`` 1
+        (the paper); otherwise on the iterations without a D step, as the official code
+        alternates (``iters % update_interval == 0``: D, else G)."""
+        return self.hparams.d_update_interval == 1 or not self.updates_discriminator()
 
     def current_recon_rate(self) -> float | None:
         """The curriculum's reconstruction weight r now, or None when the schedule is off."""

@@ -164,6 +164,8 @@ class LabelledTransform:
             load_size=image_size, crop_size=image_size, flip=flip, train=train
         )
         self.channels, self.normalize = channels, normalize
+        # train with load == crop: the random crop is a no-op, only the flip draws
+        self.deterministic = not (train and flip)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
         targets = {"image": image} if mask is None else {"image": image, "mask": mask}
@@ -195,6 +197,9 @@ class LabelledDataset(Dataset):
             ``mask``) and keeps the truth only under ``<key>_true``. None = all labelled.
     """
 
+    #: transformed images kept per dataset at most (bytes), see ``_cacheable``
+    CACHE_LIMIT = 512 * 2**20
+
     def __init__(
         self,
         split: LabelledSplit,
@@ -203,6 +208,19 @@ class LabelledDataset(Dataset):
     ) -> None:
         self.split, self.transform = split, transform
         self.labelled = np.ones(len(split), dtype=bool) if labelled is None else labelled
+        self._cache: dict[int, torch.Tensor] | None = {} if self._cacheable() else None
+
+    def _cacheable(self) -> bool:
+        """In-memory images (digits, MNIST) under a deterministic transform are transformed
+        once and kept: the per-item albumentations call costs a third of a small MLP's
+        training step (cGAN). Files, masks and random flips are read every time."""
+        split, tf = self.split, self.transform
+        if not isinstance(split.images, np.ndarray) or split.masks is not None:
+            return False
+        if not getattr(tf, "deterministic", False):
+            return False
+        size = tf.pipeline.transforms[0].height  # the Resize's output side
+        return len(split) * tf.channels * size * size * 4 <= self.CACHE_LIMIT
 
     def __len__(self) -> int:
         return len(self.split)
@@ -210,13 +228,20 @@ class LabelledDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         split = self.split
         mask = None if split.masks is None else read_mask(split.masks[index])
-        out = self.transform(split.image(index), mask)
+        cache = self._cache
+        if cache is not None and index in cache:
+            image = cache[index]
+        else:
+            out = self.transform(split.image(index), mask)
+            image = out["image"]
+            if cache is not None:
+                cache[index] = image
         labelled = bool(self.labelled[index])
-        item: dict[str, Any] = {"image": out["image"], "index": index, "labelled": labelled}
+        item: dict[str, Any] = {"image": image.clone(), "index": index, "labelled": labelled}
         annotations = {"label": torch.as_tensor(split.labels[index])}
         if split.attributes is not None:
             annotations["attributes"] = torch.as_tensor(split.attributes[index])
-        if mask is not None:
+        if mask is not None:  # never cached: ``out`` is this call's
             annotations["mask"] = out["mask"]
         for key, value in annotations.items():
             item[f"{key}_true"] = value

@@ -238,3 +238,42 @@ def test_cli_fast_dev_run_on_the_embedded_shapes():
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     for key in ("fid", "kid", "class_agreement", "class_agreement_other_instance"):
         assert metrics[key]["extractor"] == "evaluator" and metrics[key]["n_images"] > 0
+
+
+def test_class_labelled_data_gets_a_cached_class_evaluator(tmp_path):
+    """Beyond the shapes scenes, any class-labelled data (here MNIST's IDX layout) gets the
+    class evaluator trained on its real training images: 128-d features (feature_dim's
+    default), trained once and then read from the cache."""
+    import os
+    from pathlib import Path
+
+    from test_labelled import make_mnist
+
+    from datamodules import LabelledDataModule
+    from gan_suite.models.icgan import _evaluator_for
+
+    dm = LabelledDataModule(
+        source="mnist", data_dir=str(make_mnist(tmp_path)), image_size=32, num_workers=0
+    )
+    ev = _evaluator_for(dm, None)
+    assert ev is not None and ev.num_features == 128
+    cache = Path(os.environ["GAN_SUITE_CACHE"]) / "evaluators"
+    trained = sorted(cache.glob("labelled-*.ckpt"))
+    assert len(trained) == 1
+    stamp = trained[0].stat().st_mtime_ns
+    again = _evaluator_for(dm, None)
+    assert trained[0].stat().st_mtime_ns == stamp  # read, not retrained
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert torch.equal(ev.eval().features(x), again.eval().features(x))
+    # data without class labels has no evaluator (IC-GAN then needs evaluator_checkpoint)
+    assert _evaluator_for(type("NoLabels", (), {"source": "folder"})(), None) is None
+
+
+def test_generator_embeds_a_unit_h_at_the_scale_of_z():
+    """G's shared embedding of h starts at BigGAN's class-embedding scale (unit variance per
+    dimension for a unit-norm h), as large as the z chunk beside it in every CBN input;
+    PyTorch's default Linear init would make it ~0.04 and G would long ignore h."""
+    g = BigGANGenerator(32, z_dim=20, ch=4, feature_dim=256, feature_embed_dim=512)
+    h = torch.nn.functional.normalize(torch.randn(64, 256), dim=1)
+    std = float(g.embed_h(h).std())
+    assert 0.85 < std < 1.15, std

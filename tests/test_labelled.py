@@ -313,3 +313,34 @@ def test_domain_split_errors_and_embedded_default(tmp_path: Path) -> None:
     )
     dm.setup("fit")
     assert dm.resolved_attribute == "large" and len(dm.domains["train"][0]) > 0
+
+
+def test_in_memory_items_are_transformed_once_unless_flipped(monkeypatch) -> None:
+    """Digits (an in-memory array) under a deterministic transform are cached: the second
+    epoch returns the same tensors without calling albumentations again; a random flip
+    is drawn afresh every time."""
+    from datamodules.labelled_data import LabelledTransform
+
+    calls = []
+    original = LabelledTransform.__call__
+
+    def counting(self, image, mask=None):
+        calls.append(1)
+        return original(self, image, mask)
+
+    monkeypatch.setattr(LabelledTransform, "__call__", counting)
+    dm = LabelledDataModule(source="digits", image_size=16, num_workers=0, flip=False)
+    dm.setup("fit")
+    first = [dm.train_set[i]["image"] for i in range(5)]
+    again = [dm.train_set[i]["image"] for i in range(5)]
+    assert len(calls) == 5  # the second pass hit the cache
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    again[0].fill_(0.0)  # a consumer writing into its item does not reach the cache
+    assert torch.equal(dm.train_set[0]["image"], first[0])
+
+    flipped = LabelledDataModule(source="digits", image_size=16, num_workers=0, flip=True)
+    flipped.setup("fit")
+    calls.clear()
+    for _ in range(2):
+        flipped.train_set[0]
+    assert len(calls) == 2 and flipped.train_set._cache is None

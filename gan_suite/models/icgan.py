@@ -53,12 +53,18 @@ def _unaugmented_train_set(dm):
 
 
 def _evaluator_for(dm, checkpoint: str | None):
-    """The suite's Evaluator: from ``checkpoint``, or the cached one of the shapes data."""
+    """The suite's Evaluator: from ``checkpoint``; the cached one of the shapes data; for
+    other class-labelled data (digits, MNIST, class folders) the cached class evaluator
+    trained on its real training images (width 32: 128-d features, ``feature_dim``'s
+    default); else None."""
     from gan_suite.eval.evaluator import load_evaluator, load_or_train_evaluator
+    from gan_suite.eval.judge import load_or_train_label_evaluator
 
     if checkpoint:
         return load_evaluator(checkpoint)
     if getattr(dm, "source", None) != "shapes":
+        if getattr(dm, "label_kind", None) == "class":
+            return load_or_train_label_evaluator(dm, width=32)
         return None
     if dm.data_dir:
         return load_or_train_evaluator(dm.data_dir)
@@ -77,13 +83,15 @@ class ICGAN(GANModule):
         n_classes: 0 = IC-GAN; > 0 = class-conditional IC-GAN with that many classes (labels
             of the neighbours, so the training data must be labelled).
         class_embed_dim: G's shared class embedding (128).
-        feature_extractor: f: ``evaluator`` (the suite's Evaluator features, the embedded
-            shapes data or ``evaluator_checkpoint``) or ``resnet50`` (torchvision ResNet-50,
+        feature_extractor: f: ``evaluator`` (the suite's Evaluator features: see
+            ``evaluator_checkpoint``) or ``resnet50`` (torchvision ResNet-50,
             pooled 2048-d, weights from ``feature_weights``; the paper uses SwAV's).
         feature_weights: local ResNet-50 weights file (never downloaded).
         feature_dim: size of h; default 128 for evaluator, 2048 for resnet50.
         evaluator_checkpoint: Evaluator for ``feature_extractor=evaluator`` and the metrics
-            (default: the cached evaluator of the embedded shapes data, trained on first use).
+            (default: the cached evaluator of the embedded shapes data, or for other data with
+            class labels a class evaluator trained on its training images; trained on first
+            use).
         k: neighbourhood size (50 on ImageNet).
         include_self: whether x_i belongs to its own neighbourhood A_i (yes, as in the paper).
         nn_chunk_size: block side of the exact k-NN search (memory chunk_size^2 floats).
@@ -180,8 +188,9 @@ class ICGAN(GANModule):
                 ev = self.evaluator()
                 if ev is None:
                     raise ValueError(
-                        "feature_extractor='evaluator' needs the embedded shapes data (source: "
-                        "shapes) or evaluator_checkpoint=...; or use feature_extractor='resnet50'"
+                        "feature_extractor='evaluator' needs data with class labels (the "
+                        "embedded shapes or digits, MNIST, class folders) or "
+                        "evaluator_checkpoint=...; or use feature_extractor='resnet50'"
                     )
                 net = _EvaluatorFeatures(ev)
             self.set_feature_extractor(net)

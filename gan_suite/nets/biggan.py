@@ -140,6 +140,11 @@ class BigGANGenerator(nn.Module):
         self.z_dim, self.z_chunk, self.ch0 = z_dim, z_dim // slots, ch * ins[0]
         # BigGAN's shared embeddings are plain (no SN): the CBN projections on top are SN'ed
         self.embed_h = nn.Linear(feature_dim, feature_embed_dim)
+        # at the scale of BigGAN's class embedding (rows ~ N(0, 1)): a unit-norm h gets a
+        # unit-variance embedding, as large as the z chunk beside it in every CBN input.
+        # (PyTorch's default init gives it ~0.05: G would learn to ignore h for a long time.)
+        nn.init.normal_(self.embed_h.weight, 0.0, 1.0)
+        nn.init.zeros_(self.embed_h.bias)
         self.embed_y = nn.Embedding(n_classes, class_embed_dim) if n_classes > 0 else None
         cond_dim = self.z_chunk + feature_embed_dim + (class_embed_dim if n_classes > 0 else 0)
         self.linear = sn(nn.Linear(self.z_chunk, 4 * 4 * self.ch0))

@@ -182,7 +182,7 @@ def load_or_train_label_evaluator(
                 ]
             acc = float(torch.cat(hits).mean())
             report = {"accuracy_real_test": acc, "n_test": len(dm.test_set), **identity}
-            rank_zero_info(f"[cgan] class evaluator: real test accuracy {acc:.3f} -> {ckpt}")
+            rank_zero_info(f"[gan-suite] class evaluator: real test accuracy {acc:.3f} -> {ckpt}")
             atomic_write(ckpt.with_suffix(".json"), lambda p: p.write_text(json.dumps(report)))
             state = {
                 "state_dict": model.state_dict(),

@@ -32,9 +32,18 @@ TINY_TWO_DOMAIN = [
 ]
 
 
-def run_ddp_fit(config: str, args: list[str], cwd: Path, name: str) -> dict:
+def run_ddp_fit(
+    config: str, args: list[str], cwd: Path, name: str, batchnorm: bool = False
+) -> dict:
     """Fit ``experiments/<config>`` with 2 CPU processes (gloo) for 2 short epochs with the
-    DDPConsistencyCheck callback; return its ``ddp_check.json`` (asserting the run succeeded)."""
+    DDPConsistencyCheck callback; return its ``ddp_check.json`` (asserting the run succeeded).
+
+    ``batchnorm``: the nets have BatchNorm. The ddp preset's SyncBatchNorm needs GPUs, so it
+    is switched off and each rank keeps its own statistics: only parameters are compared."""
+    check = "gan_suite.callbacks.DDPConsistencyCheck"
+    if batchnorm:
+        check = f"{{class_path: {check}, init_args: {{include_buffers: false}}}}"
+    cpu_bn = ["--trainer.sync_batchnorm=false"] if batchnorm else []
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
     cmd = [
@@ -44,7 +53,7 @@ def run_ddp_fit(config: str, args: list[str], cwd: Path, name: str) -> dict:
         "--trainer.devices=2", "--trainer.accelerator=cpu",
         "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1", "--run_id=ddp",
-        "--trainer.callbacks+=gan_suite.callbacks.DDPConsistencyCheck",
+        f"--trainer.callbacks+={check}", *cpu_bn,
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

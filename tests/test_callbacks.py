@@ -24,3 +24,16 @@ def test_fingerprint_detects_any_weight_difference():
         i, j = 0, next(k for k in range(1, w.numel()) if w[k] != w[0])
         b.weight.view(-1)[[i, j]] = b.weight.view(-1)[[j, i]]
     assert max_divergence(torch.stack([weight_fingerprint(a), weight_fingerprint(b)])) > 1e-6
+
+
+def test_fingerprint_can_leave_out_buffers():
+    """BatchNorm statistics may differ per rank on CPU DDP (no SyncBatchNorm): with
+    include_buffers off only the parameters count, and they still catch a changed weight."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    before_all, before_params = weight_fingerprint(net), weight_fingerprint(net, buffers=False)
+    net[1].running_mean += 1.0
+    assert not torch.equal(weight_fingerprint(net), before_all)
+    assert torch.equal(weight_fingerprint(net, buffers=False), before_params)
+    with torch.no_grad():
+        net[0].weight[0, 0] += 0.5
+    assert not torch.equal(weight_fingerprint(net, buffers=False), before_params)

@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import run_ddp_fit
 from torch.utils.data import DataLoader, Dataset
 
 from gan_suite.cli import cli_main
@@ -241,3 +242,16 @@ def test_fit_fast_dev_run_through_the_cli():
     assert int(cli.model.iteration) == 1
     assert (run_dir / "samples" / "latest.png").is_file()
     assert "test/recon_A" in cli.trainer.callback_metrics  # test_after_fit ran the test loop
+
+
+@pytest.mark.slow
+def test_ddp_with_the_official_alternation_keeps_identical_weights(tmp_path):
+    """2 CPU processes, the official options (feature matching, D alone on every third batch,
+    G alone on the others): batches where one pair of nets sits out must not desynchronise
+    the ranks, and every rank agrees on the iteration counter."""
+    official = ["--model.init_args.fm_weight=0.9", "--model.init_args.d_update_interval=3"]
+    report = run_ddp_fit("discogan.yaml", [*TINY, *official], tmp_path, "discogan", batchnorm=True)
+    assert report["world_size"] == 2
+    assert len(report["divergence"]) == 2 and max(report["divergence"]) < 1e-6
+    ckpt = torch.load(report["run_dir"] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert int(ckpt["state_dict"]["iteration"]) == 4  # 2 epochs x 2 batches

@@ -10,16 +10,12 @@ import torch
 from torch import Tensor
 
 
-def weight_fingerprint(module: torch.nn.Module) -> Tensor:
-    """A float64 (4,) summary of all parameters and buffers: sum, sum of squares, max |w| and a
-    sum weighted by fixed pseudo-random signs (catches permutations the others miss)."""
-    vec = torch.cat(
-        [
-            t.detach().flatten().double().cpu()
-            for t in module.state_dict().values()
-            if t.is_floating_point()
-        ]
-    )
+def weight_fingerprint(module: torch.nn.Module, buffers: bool = True) -> Tensor:
+    """A float64 (4,) summary of all parameters (and, if ``buffers``, floating buffers): sum,
+    sum of squares, max |w| and a sum weighted by fixed pseudo-random signs (catches
+    permutations the others miss)."""
+    tensors = module.state_dict().values() if buffers else module.parameters()
+    vec = torch.cat([t.detach().flatten().double().cpu() for t in tensors if t.is_floating_point()])
     signs = torch.randint(0, 2, (vec.numel(),), generator=torch.Generator().manual_seed(0))
     signs = signs.double() * 2 - 1
     return torch.stack([vec.sum(), (vec * vec).sum(), vec.abs().max(), (vec * signs).sum()])
@@ -40,14 +36,17 @@ class DDPConsistencyCheck(L.Callback):
 
     Args:
         tolerance: largest accepted relative difference between ranks.
+        include_buffers: also compare floating buffers (BatchNorm statistics, EMA copies).
+            Set False for BatchNorm nets under DDP without SyncBatchNorm (CPU runs: it needs
+            GPUs), where each rank keeps statistics of its own shard by design.
     """
 
-    def __init__(self, tolerance: float = 1e-6) -> None:
-        self.tolerance = tolerance
+    def __init__(self, tolerance: float = 1e-6, include_buffers: bool = True) -> None:
+        self.tolerance, self.include_buffers = tolerance, include_buffers
         self.history: list[float] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        local = weight_fingerprint(pl_module).to(pl_module.device)
+        local = weight_fingerprint(pl_module, self.include_buffers).to(pl_module.device)
         gathered = pl_module.all_gather(local)
         gathered = gathered.reshape(-1, 4).cpu() if trainer.world_size > 1 else local[None].cpu()
         divergence = max_divergence(gathered)

@@ -163,7 +163,7 @@ class LabelledTransform:
         self.pipeline: A.Compose = build_transform(
             load_size=image_size, crop_size=image_size, flip=flip, train=train
         )
-        self.channels, self.normalize = channels, normalize
+        self.image_size, self.channels, self.normalize = image_size, channels, normalize
         # train with load == crop: the random crop is a no-op, only the flip draws
         self.deterministic = not (train and flip)
 
@@ -219,8 +219,7 @@ class LabelledDataset(Dataset):
             return False
         if not getattr(tf, "deterministic", False):
             return False
-        size = tf.pipeline.transforms[0].height  # the Resize's output side
-        return len(split) * tf.channels * size * size * 4 <= self.CACHE_LIMIT
+        return len(split) * tf.channels * tf.image_size**2 * 4 <= self.CACHE_LIMIT
 
     def __len__(self) -> int:
         return len(self.split)

@@ -75,7 +75,8 @@ class ImageJudge:
         from gan_suite.eval.fid import FIDKID
 
         n, judged = len(fake), {"extractor": "evaluator"}
-        hits = (self.predict(fake) == real_labels).float()
+        predicted = self.predict(fake)  # judged once: the accuracies and the chance level
+        hits = (predicted == real_labels).float()
         out = {"class_acc": {"value": float(hits.mean()), "n_images": n, **judged}}
         names = class_names or [str(k) for k in range(int(real_labels.max()) + 1)]
         for k, name in enumerate(names):
@@ -85,7 +86,7 @@ class ImageJudge:
                 out[f"class_acc/{name}"] = {"value": value, "n_images": int(mask.sum()), **judged}
         # chance level of these very fakes: labels permuted (seeded), same class frequencies
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-        shuffled = float((self.predict(fake) == real_labels[perm]).float().mean())
+        shuffled = float((predicted == real_labels[perm]).float().mean())
         out["class_acc_shuffled"] = {"value": shuffled, "n_images": n, **judged}
         real_acc = float((self.predict(real) == real_labels).float().mean())
         out["class_acc_real"] = {"value": real_acc, "n_images": len(real), **judged}

@@ -40,6 +40,7 @@ from gan_suite.losses import (
     linear_momentum,
 )
 from gan_suite.models.base import GANModule
+from gan_suite.models.phases import Phase
 from gan_suite.nets.cgan_nets import (
     ConditionalConvDiscriminator,
     ConditionalConvGenerator,
@@ -63,9 +64,6 @@ class ConditionalGANBase(GANModule):
     G: nn.Module
     D: nn.Module
 
-    def _setup_training(self) -> None:
-        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
-
     # -- noise and the schedules ----------------------------------------------------------
     def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(n, z_dim) noise: U[0, 1) (section 4.1's unit hypercube) or N(0, 1) (section 4.2)."""
@@ -74,12 +72,11 @@ class ConditionalGANBase(GANModule):
             return torch.rand(shape, generator=generator).to(dev)
         return torch.randn(shape, generator=generator).to(dev)
 
-    def schedule(self) -> tuple[float, float | None]:
-        """(learning rate, momentum) for the next batch; momentum None for Adam."""
+    def _apply_momentum(self) -> None:
+        """SGD momentum for this epoch (the learning rate is a per-iteration scheduler)."""
         hp = self.hparams
         if hp.optimizer == "adam":
-            return hp.lr, None
-        lr = exponential_decay_lr(int(self.iteration), hp.lr, hp.lr_decay_factor, hp.min_lr)
+            return
         momentum = linear_momentum(
             self.current_epoch,
             hp.momentum,
@@ -87,27 +84,24 @@ class ConditionalGANBase(GANModule):
             hp.momentum_start_epoch,
             hp.momentum_saturate_epoch,
         )
-        return lr, momentum
-
-    def _apply_schedule(self, optimizers) -> None:
-        lr, momentum = self.schedule()
-        for opt in optimizers:
+        for opt in self.optimizers():
             for group in opt.param_groups:
-                group["lr"] = lr
-                if momentum is not None:
-                    group["momentum"] = momentum
-        self.log("train/lr", lr, batch_size=self._batch_size)
-        if momentum is not None:
-            self.log("train/momentum", momentum, batch_size=self._batch_size)
+                group["momentum"] = momentum
+        self.log("train/momentum", momentum, batch_size=self._batch_size)
+        self.log("train/lr", opt.param_groups[0]["lr"], batch_size=self._batch_size)
 
     # -- the algorithm --------------------------------------------------------------------
+    def declare_phases(self) -> list[Phase]:
+        """Every iteration: one D step (Dmain), then one G step (Gmain)."""
+        return [Phase("Dmain", optimizer=1), Phase("Gmain", optimizer=0)]
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real, cond = self.real_and_condition(batch)
-        opt_g, opt_d = self.optimizers()
-        self._apply_schedule((opt_g, opt_d))
-        self._discriminator_step(opt_d, real, cond)
-        self._generator_step(opt_g, cond)
-        self.iteration += 1
+        self._apply_momentum()
+        if self.runs("Dmain"):
+            self._discriminator_step(self.phase_optimizer("Dmain"), real, cond)
+        if self.runs("Gmain"):
+            self._generator_step(self.phase_optimizer("Gmain"), cond)
 
     def _discriminator_step(self, opt_d, real: Tensor, cond: Tensor) -> None:
         """Ascend eq. 2 in D: BCE of D(x|y) against 1 and of D(G(z|y)|y) against 0."""
@@ -143,21 +137,30 @@ class ConditionalGANBase(GANModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._loss_terms(batch, "test")
 
-    def on_fit_start(self) -> None:
-        # seed_everything gives every DDP rank the same noise; offset it by rank
-        if self.trainer.world_size > 1:
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
-
     def configure_optimizers(self):
         hp = self.hparams
         if hp.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={hp.optimizer!r}: expected 'sgd' (paper) or 'adam'")
-        if hp.optimizer == "sgd":
-            # lr and momentum are overwritten before every batch by schedule()
-            make = lambda p: torch.optim.SGD(p, lr=hp.lr, momentum=hp.momentum)  # noqa: E731
-        else:
-            make = lambda p: torch.optim.Adam(p, lr=hp.lr, betas=tuple(hp.adam_betas))  # noqa: E731
-        return [make(self.G.parameters()), make(self.D.parameters())]
+        if hp.optimizer == "adam":
+            opts = [
+                torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.adam_betas))
+                for net in (self.G, self.D)
+            ]
+            return opts
+        # momentum is set per epoch by _apply_momentum
+        opts = [
+            torch.optim.SGD(net.parameters(), lr=hp.lr, momentum=hp.momentum)
+            for net in (self.G, self.D)
+        ]
+
+        def factor(iteration: int) -> float:  # section 4.1: divided by 1.00004 every batch
+            return exponential_decay_lr(iteration, hp.lr, hp.lr_decay_factor, hp.min_lr) / hp.lr
+
+        scheds = [
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, factor), "interval": "step"}
+            for o in opts
+        ]
+        return opts, scheds
 
     # -- evaluation plumbing --------------------------------------------------------------
     def _should_evaluate(self) -> bool:
@@ -285,7 +288,6 @@ class CGAN(ConditionalGANBase):
             raise ValueError(f"arch={arch!r}: expected one of {', '.join(ARCHS)}")
         if noise not in ("uniform", "gaussian"):
             raise ValueError(f"noise={noise!r}: expected 'uniform' or 'gaussian'")
-        self._setup_training()
         pixels = channels * image_size**2
         if arch == "mlp":
             self.G = init_uniform(

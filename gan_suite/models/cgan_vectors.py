@@ -112,7 +112,6 @@ class CGANVectors(ConditionalGANBase):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._setup_training()
         self.G = init_uniform(
             ConditionalMLPGenerator(
                 z_dim, feature_dim, word_dim, g_z_hidden, g_cond_hidden, None, g_dropout, "linear"

@@ -21,6 +21,7 @@ from gan_suite.losses import (
     linear_decay_factor,
 )
 from gan_suite.models.base import TwoDomainTranslator
+from gan_suite.models.phases import Phase
 from gan_suite.nets import PatchDiscriminator, ResnetGenerator, init_weights
 
 
@@ -86,11 +87,20 @@ class CycleGAN(TwoDomainTranslator):
             )
 
     # -- the algorithm ------------------------------------------------------------------
+    def declare_phases(self) -> list[Phase]:
+        """Every iteration: both generators (Gmain), then both discriminators (Dmain)."""
+        return [Phase("Gmain", optimizer=0), Phase("Dmain", optimizer=1)]
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        opt_g, opt_d = self.optimizers()
-        fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
-        self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
+        if self.runs("Gmain"):
+            opt_g = self.phase_optimizer("Gmain")
+            fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
+        else:
+            fake_A, fake_B = self.translate_without_grad(real_A, real_B)
+        if self.runs("Dmain"):
+            opt_d = self.phase_optimizer("Dmain")
+            self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
 
     def _cycle_terms(self, real_A: Tensor, real_B: Tensor, out: dict[str, Tensor]) -> dict:
         hp = self.hparams
@@ -175,5 +185,9 @@ class CycleGAN(TwoDomainTranslator):
         def rule(epoch: int) -> float:
             return linear_decay_factor(epoch, hp.n_epochs_constant, hp.n_epochs_decay)
 
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, rule) for o in (opt_g, opt_d)]
+        # per epoch, as the paper (section 7: "linearly decay the rate to zero")
+        scheds = [
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, rule), "interval": "epoch"}
+            for o in (opt_g, opt_d)
+        ]
         return [opt_g, opt_d], scheds

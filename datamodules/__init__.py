@@ -35,6 +35,7 @@ __all__ = [
 
 # Labelled sources (cGAN, IC-GAN, StarGAN, MatchGAN) and attribute-split domains (DiscoGAN).
 from .labelled import SOURCES as LABELLED_SOURCES  # noqa: E402
+from .instances import NeighbourhoodDataset  # noqa: E402
 from .labelled import LabelledDataModule  # noqa: E402
 from .labelled_celeba import AnnotationError  # noqa: E402
 from .labelled_domains import DomainSplitDataModule  # noqa: E402
@@ -44,6 +45,7 @@ __all__ += [
     "AnnotationError",
     "DomainSplitDataModule",
     "LabelledDataModule",
+    "NeighbourhoodDataset",
 ]
 
 # Feature / word-vector arrays (cGAN's multimodal model).

@@ -32,7 +32,7 @@ from typing import Any
 
 from PIL import Image
 
-from gan_suite.eval.cache import atomic_write, default_cache_root
+from gan_suite.utils import atomic_write, default_cache_root
 
 from .io import DatasetLayoutError
 from .shapes import ATTRIBUTES, CLASSES, COLOR_MAP_B, COLORS, render_scene

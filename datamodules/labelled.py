@@ -53,9 +53,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 
 from .base import SplitLoaders
 from .embedded import materialize_shapes
+from .instances import NeighbourhoodDataset
 from .io import DatasetLayoutError
 from .labelled_data import (
     LabelledDataset,
@@ -156,7 +158,8 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         self.embedded = dict(embedded or {})
         self.save_hyperparameters()
         self._source: LabelledSource | None = None
-        self.train_set: LabelledDataset | None = None
+        self.train_set: LabelledDataset | NeighbourhoodDataset | None = None
+        self._neighbourhoods: tuple[Tensor, Tensor, int] | None = None
         self.val_set: LabelledDataset | None = None
         self.test_set: LabelledDataset | None = None
         #: Boolean per training example: True where it keeps its label (after setup).
@@ -236,10 +239,31 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             self.labelled = labelled_mask(data.train, self.labelled_fraction, self.seed)
             self._warn_if_inflated(self.labelled)
             self.train_set = LabelledDataset(data.train, self._transform(True), self.labelled)
+            if self._neighbourhoods is not None:
+                self.train_set = NeighbourhoodDataset(self.train_set, *self._neighbourhoods)
         if stage in (None, "fit", "validate"):
             self.val_set = LabelledDataset(data.val, self._transform(False))
         if stage in (None, "test", "predict"):
             self.test_set = LabelledDataset(data.test, self._transform(False))
+
+    def unaugmented_train_set(self) -> LabelledDataset:
+        """The training items without random flips (features describe the stored image)."""
+        tf = self._transform(False)
+        mask = labelled_mask(self.data.train, self.labelled_fraction, self.seed)
+        return LabelledDataset(self.data.train, tf, mask)
+
+    def set_instance_neighbourhoods(
+        self, features: Tensor, neighbours: Tensor, draws: int = 1
+    ) -> None:
+        """Serve training items as instances with neighbours (IC-GAN): from now on
+        ``train_set`` is a :class:`~datamodules.instances.NeighbourhoodDataset` over the
+        training images, ``features`` (N, D) and ``neighbours`` (N, k)."""
+        self._neighbourhoods = (features, neighbours, draws)
+        if self.train_set is not None:
+            base = self.train_set
+            if isinstance(base, NeighbourhoodDataset):
+                base = base.base
+            self.train_set = NeighbourhoodDataset(base, features, neighbours, draws)
 
     def _warn_if_inflated(self, mask: np.ndarray) -> None:
         # "At least one per class/pattern" can exceed the requested share when there are many

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gan_suite.eval.cache import atomic_write, default_cache_root
+from gan_suite.utils import atomic_write, default_cache_root
 
 from .embedded import load_scenes
 from .io import DatasetLayoutError, ImageReadError, list_images, require_dir

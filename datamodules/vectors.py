@@ -132,6 +132,16 @@ class VectorDataModule(L.LightningDataModule):
     def word_dim(self) -> int:
         return self.vocab_vectors.shape[1]
 
+    @property
+    def val_set(self) -> Dataset | None:
+        """Validation pairs: items ``{"features", "word_vector", "index"}`` (None before setup)."""
+        return _PairDataset(*self.splits["val"]) if "val" in self.splits else None
+
+    @property
+    def test_set(self) -> Dataset | None:
+        """Test pairs, as ``val_set``."""
+        return _PairDataset(*self.splits["test"]) if "test" in self.splits else None
+
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         feats, words = self.splits[split]
         data = _PairDataset(feats, words)

@@ -221,7 +221,7 @@ def _neighbours_child(n: int, dim: int, k: int, chunk: int, n_verify: int) -> di
     rows = torch.randperm(n, generator=g)[:n_verify]
     q = x[rows].double()
     sims = torch.cat([q @ x[j : j + 8192].double().T for j in range(0, n, 8192)], dim=1)
-    sims[torch.arange(len(rows)), rows] = float("inf")  # self first, as knn_cosine does
+    sims[torch.arange(len(rows)), rows] = -float("inf")  # self excluded, as knn_cosine does
     ref = torch.topk(sims, k, dim=1).indices
     same_sets = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(nn_idx[rows], ref))
     ours_sim = torch.gather(sims, 1, nn_idx[rows])

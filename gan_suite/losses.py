@@ -128,6 +128,57 @@ def content_consistency_loss(att_1: Tensor, att_2: Tensor, mask: Tensor | None =
     return (per_pair * weights).sum() / weights.sum().clamp(min=1.0)
 
 
+def patch_map_distances(att_source: Tensor, att_translated: Tensor) -> Tensor:
+    """L_cc's distance (Xie et al. 2020, eq. 5) between every pair of grid positions.
+
+    ``att_source``, ``att_translated``: ``(B, K, 1, M, N)`` content attention maps of the K grid
+    patches of B source images and of their translations. Returns ``(B, K, K)`` with
+    ``d[b, i, j] = (1 / MN) sum_xy (A_i - T_j)^2``: the diagonal holds the same-position (C1)
+    distances, the off-diagonal entries the different-position (C2) ones.
+
+    Raises:
+        ValueError: the two map grids differ in shape or are not 5-dimensional.
+    """
+    if att_source.shape != att_translated.shape or att_source.dim() != 5:
+        raise ValueError(
+            f"patch_map_distances: maps {tuple(att_source.shape)} and "
+            f"{tuple(att_translated.shape)} must be the same (B, K, 1, M, N) grids"
+        )
+    a, t = att_source.flatten(2), att_translated.flatten(2)  # (B, K, MN)
+    return (a.unsqueeze(2) - t.unsqueeze(1)).pow(2).mean(dim=-1)
+
+
+def content_registration_loss(distances: Tensor, scale: float) -> Tensor:
+    """OP-GAN's content registration as a matching task on the patch grid (our reading).
+
+    The paper supervises content registration by the relative position of the two patches
+    (C1: same position, their content maps must agree; C2: different positions). Here every
+    source patch i must pick its same-position translated patch among all K positions, and
+    every translated patch its source, by a softmax over ``-scale * d``:
+
+        L_reg = 1/2 [CE_i(softmax_j(-s d_ij), i) + CE_j(softmax_i(-s d_ij), j)]
+
+    averaged over images and positions. ``distances``: ``(B, K, K)`` from
+    :func:`patch_map_distances`; ``scale`` s > 0 is fixed, so the maps of different positions
+    must differ by an absolute margin (~1/s in L_cc's units), not just by a rescalable epsilon.
+    Constant maps (all d equal) cost exactly log K; maps with d_ii = 0 and d_ij >= delta cost at
+    most log(1 + (K - 1) exp(-s delta)).
+
+    Raises:
+        ValueError: ``distances`` is not ``(B, K, K)`` or ``scale`` is not positive.
+    """
+    if distances.dim() != 3 or distances.shape[1] != distances.shape[2]:
+        raise ValueError(f"distances {tuple(distances.shape)}: expected (B, K, K)")
+    if scale <= 0:
+        raise ValueError(f"registration scale={scale}: expected a value > 0")
+    b, k, _ = distances.shape
+    logits = -scale * distances
+    target = torch.arange(k, device=distances.device).repeat(b)
+    rows = F.cross_entropy(logits.reshape(b * k, k), target)  # source i -> translated j
+    cols = F.cross_entropy(logits.transpose(1, 2).reshape(b * k, k), target)  # and back
+    return (rows + cols) / 2
+
+
 def domain_classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """OP-GAN's domain-classification loss L_dc: cross-entropy of the Siamese network's 3-way
     pair classification {D1: both source, D2: both translated, C: one of each}.
@@ -150,6 +201,40 @@ def feature_matching_loss(real_features: list[Tensor], fake_features: list[Tenso
     return sum(
         F.mse_loss(fake.mean(0), real.mean(0)) for real, fake in zip(real_features, fake_features)
     )
+
+
+DISCOGAN_DISTANCES = ("mse", "cosine", "hinge")
+
+
+def discogan_reconstruction_loss(
+    reconstructed: Tensor, original: Tensor, distance: str = "mse"
+) -> Tensor:
+    """DiscoGAN's L_CONST distance d (Kim et al. 2017, eq. 2) on the official code's scale.
+
+    ``reconstructed``, ``original``: ``(B, C, H, W)`` images in [-1, 1] (the suite's tanh
+    range). The official code (SKTBrain/DiscoGAN) trains on images in [0, 1] with sigmoid
+    outputs and ``nn.MSELoss``, so the distance is computed on ``x01 = (x + 1) / 2``:
+
+    * ``mse``: mean((x01 - y01)^2) = mean((x - y)^2) / 4 -- weighed 1:1 against L_GAN as in
+      eq. 5 and the official code, rather than 4x heavier;
+    * ``cosine``: 1 - cos(x01, y01) over each flattened image, mean over the batch (cosine is
+      not shift-invariant, so [0, 1] and [-1, 1] images give different values);
+    * ``hinge``: mean(max(0, 1 - x * y)) on the [-1, 1] values. The paper names the hinge loss
+      without a formula and the official code has none; its margin form needs zero-centred
+      values (on [0, 1] images it would be 1 - x01 * y01, minimised by white images rather than
+      by x = y), so it stays on the signed scale.
+
+    Raises:
+        ValueError: an unknown ``distance``.
+    """
+    if distance == "mse":
+        return F.mse_loss(reconstructed, original) / 4  # = MSE of (x + 1) / 2, (y + 1) / 2
+    if distance == "cosine":
+        x01, y01 = (reconstructed.flatten(1) + 1) / 2, (original.flatten(1) + 1) / 2
+        return (1 - F.cosine_similarity(x01, y01, dim=1)).mean()
+    if distance == "hinge":
+        return F.relu(1 - reconstructed * original).mean()
+    raise ValueError(f"distance={distance!r}: expected one of {', '.join(DISCOGAN_DISTANCES)}")
 
 
 def recon_rate_schedule(

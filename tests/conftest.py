@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    import lightning as L
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -19,3 +24,35 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.delenv("GAN_SUITE_RUN_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture
+def make_trainer(tmp_path) -> Callable[..., L.Trainer]:
+    """Factory of quiet CPU Trainers: ``make_trainer(max_epochs=1, limit_train_batches=2)``.
+
+    Defaults: one CPU device, no logger, no checkpointing, no progress bar, no model summary,
+    ``default_root_dir=tmp_path``; every keyword overrides a default (``logger=CSVLogger(...)``
+    to log). ``seed`` (default 0, None = leave the RNGs alone) seeds torch, numpy and random
+    with the dataloader workers before the Trainer is built, so the run repeats.
+    """
+    import lightning as L
+
+    from gan_suite.utils import quiet
+
+    def make(*, seed: int | None = 0, **overrides: Any) -> L.Trainer:
+        if seed is not None:
+            L.seed_everything(seed, workers=True, verbose=False)
+        kwargs: dict[str, Any] = {
+            "accelerator": "cpu",
+            "devices": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": tmp_path,
+            **overrides,
+        }
+        with quiet("lightning.pytorch", "lightning.fabric"):  # the GPU/TPU availability banner
+            return L.Trainer(**kwargs)
+
+    return make

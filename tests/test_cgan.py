@@ -16,7 +16,8 @@ from gan_suite.cli import cli_main
 from gan_suite.eval.parzen import parzen_estimate, parzen_log_likelihood, select_sigma
 from gan_suite.losses import exponential_decay_lr, linear_momentum
 from gan_suite.models.cgan import CGAN
-from gan_suite.models.cgan_vectors import CGANVectors, generated_tags
+from gan_suite.eval.tags import generated_tags
+from gan_suite.models.cgan_vectors import CGANVectors
 from gan_suite.nets.cgan_nets import Maxout
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -192,21 +193,29 @@ def test_cgan_vectors_trains_and_tags_the_toy(tmp_path):
         d_cond_units=8,
         d_joint_units=8,
         samples_per_item=5,
-        eval_n_items=4,
     )
+    from gan_suite.callbacks import Evaluation
+
+    evaluation = Evaluation(feature="none", use_evaluator=False, n_images=4)
     trainer = L.Trainer(
         fast_dev_run=1,
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
         default_root_dir=str(tmp_path),
+        callbacks=[evaluation],
     )
     trainer.fit(model, datamodule=dm)
     assert int(model.iteration) == 1  # one batch: a D step and a G step
-    results = model.evaluate("test")
-    assert results["tag_hit"]["n_images"] == 4 and 0 <= results["tag_hit"]["value"] <= 1
-    tags, votes, vectors = model.tag(dm.splits["test"][0][:4])
-    assert tags.shape == (4, 6) and vectors.shape == (4, 5, 8)  # top 10 clipped to 6 words
+    trainer.test(model, datamodule=dm)
+    results = evaluation.last_results
+    assert results["tags/tag_hit"]["n_images"] == 4 and 0 <= results["tags/tag_hit"]["value"] <= 1
+    rows = (tmp_path / "tags.tsv").read_text().splitlines()
+    assert len(rows) == 5 and rows[1].count("(") == 6  # 4 items; top 10 clipped to 6 words
+    batch = next(iter(dm.test_dataloader()))
+    (record,) = model.evaluation_outputs({k: v[:4] for k, v in batch.items()})
+    assert record.generated.shape == (4, 5, 8)
+    _, votes = generated_tags(record.generated, record.vocabulary, 20, 10)
     assert (votes.sum(1) == 5 * 6).all()  # 5 samples x min(20, 6) nearest words each
 
 
@@ -281,8 +290,7 @@ TINY = [
     "--model.init_args.d_cond_units=4",
     "--model.init_args.d_joint_units=8",
     "--model.init_args.parzen_samples_per_class=5",
-    "--model.init_args.eval_n_images=40",
-    "--model.init_args.evaluator_epochs=1",
+    "--trainer.callbacks=[{class_path: gan_suite.callbacks.Evaluation, init_args: {n_images: 40}}]",
     "--data.init_args.batch_size=8",
     "--trainer.accelerator=cpu",
     "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger,"
@@ -300,8 +308,10 @@ def test_cli_fast_dev_run_then_test_writes_the_metrics():
     assert cli.trainer.global_step == 2 and int(cli.model.iteration) == 1
     # test_after_fit (in the YAML) ran the evaluation and wrote the suite's reports
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    metrics = {k.removeprefix("samples/"): v for k, v in metrics.items()}
     for key in ("parzen_ll", "class_acc", "class_acc/0", "class_acc_real", "fid", "kid"):
         assert key in metrics, key
     assert metrics["class_acc"]["n_images"] == 40 and metrics["fid"]["extractor"] == "evaluator"
     assert metrics["parzen_ll"]["n_samples"] == 50 and "sigma" in metrics["parzen_ll"]
+    assert metrics["class_acc_shuffled"]["n_images"] == 40
     assert (run_dir / "report.html").is_file()

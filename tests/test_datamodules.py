@@ -168,7 +168,7 @@ def test_workers_do_not_repeat_each_others_randomness(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:.*treespec")  # lightning internals
-def test_trainer_fit_runs_on_embedded_data(tmp_path: Path) -> None:
+def test_trainer_fit_runs_on_embedded_data(tmp_path: Path, make_trainer) -> None:
     seen: list[set] = []
 
     class Probe(L.LightningModule):
@@ -187,17 +187,8 @@ def test_trainer_fit_runs_on_embedded_data(tmp_path: Path) -> None:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     dm = unpaired(None, embedded={**EMBEDDED, "root": str(tmp_path)}, load_size=32, crop_size=32)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
+    trainer = make_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0
     )
     trainer.fit(Probe(), datamodule=dm)
     assert len(seen) == 3 and all("A_mask" in keys for keys in seen)

@@ -12,7 +12,11 @@ from cli_helpers import run_ddp_fit
 from torch.utils.data import DataLoader, Dataset
 
 from gan_suite.cli import cli_main
-from gan_suite.losses import feature_matching_loss, recon_rate_schedule
+from gan_suite.losses import (
+    discogan_reconstruction_loss,
+    feature_matching_loss,
+    recon_rate_schedule,
+)
 from gan_suite.models.discogan import DiscoGAN
 from gan_suite.nets.dcgan import DCGANDiscriminator, EncoderDecoderGenerator
 
@@ -60,11 +64,18 @@ def test_recon_rate_schedule_switches_after_the_curriculum():
     assert DiscoGAN(ngf=4, ndf=4).current_recon_rate() is None  # paper eq. 5: no weighting
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:  # [-1, 1] -> the official code's [0, 1]
+    return (x + 1) / 2
+
+
 @pytest.mark.parametrize(
     ("distance", "expected"),
     [
-        ("mse", lambda x, y: ((x - y) ** 2).mean()),
-        ("cosine", lambda x, y: 1 - F.cosine_similarity(x.flatten(1), y.flatten(1)).mean()),
+        ("mse", lambda x, y: ((_unit(x) - _unit(y)) ** 2).mean()),
+        (
+            "cosine",
+            lambda x, y: 1 - F.cosine_similarity(_unit(x).flatten(1), _unit(y).flatten(1)).mean(),
+        ),
         ("hinge", lambda x, y: (1 - x * y).clamp(min=0).mean()),
     ],
 )
@@ -77,11 +88,41 @@ def test_recon_distance_is_wired_into_l_const(distance, expected):
     assert terms["recon_B"] == pytest.approx(float(expected(real_B, real_B)), abs=1e-5)
 
 
+def test_recon_distance_is_on_the_official_unit_scale():
+    """The official code feeds [0, 1] images to nn.MSELoss: a white reconstruction of a black
+    image costs 1 there (4 on [-1, 1] values), half-grey vs black 0.25, a 0.5 step 0.0625."""
+    white, black = torch.ones(2, 3, 4, 4), -torch.ones(2, 3, 4, 4)
+    assert discogan_reconstruction_loss(white, black, "mse") == pytest.approx(1.0)
+    assert discogan_reconstruction_loss(torch.zeros_like(black), black, "mse") == pytest.approx(
+        0.25
+    )
+    x = torch.rand(2, 3, 4, 4) * 2 - 1
+    step = (x + 0.5).clamp(max=1)
+    official = torch.nn.MSELoss()(_unit(step), _unit(x))
+    assert discogan_reconstruction_loss(step, x, "mse") == pytest.approx(float(official))
+    # cosine on [0, 1] images: [1, -1] vs [-1, 1] are orthogonal there (1; 2 on [-1, 1]);
+    # [1, 1] vs [1, -1] give 1 - 1/sqrt(2) there (1 on [-1, 1])
+    a, b = torch.tensor([[1.0, -1.0]]), torch.tensor([[-1.0, 1.0]])
+    assert discogan_reconstruction_loss(a, b, "cosine") == pytest.approx(1.0)
+    c = torch.tensor([[1.0, 1.0]])
+    assert discogan_reconstruction_loss(c, a, "cosine") == pytest.approx(1 - 2**-0.5)
+    # hinge keeps the signed values its margin needs: agreeing saturated pixels cost 0
+    assert discogan_reconstruction_loss(white, white, "hinge") == 0
+    assert discogan_reconstruction_loss(white, black, "hinge") == pytest.approx(2.0)
+    # and in the model: L_CONST of the white/black pair is 1, not 4
+    terms = DiscoGAN(ngf=4, ndf=4)._recon_terms(
+        black, black, {"rec_A": white, "rec_B": black.clone()}
+    )
+    assert terms["recon_A"] == pytest.approx(1.0) and terms["recon_B"] == 0
+
+
 def test_bad_options_are_rejected_by_name():
     with pytest.raises(ValueError, match="recon_distance"):
         DiscoGAN(recon_distance="l3")
     with pytest.raises(ValueError, match="d_update_interval"):
         DiscoGAN(d_update_interval=0)
+    with pytest.raises(ValueError, match="d_loss_scale"):
+        DiscoGAN(d_loss_scale=0)
 
 
 # -- the training step --------------------------------------------------------------------
@@ -168,6 +209,43 @@ def test_d_updates_only_every_interval_and_iteration_is_checkpointed(tmp_path):
     restored = DiscoGAN(ngf=4, ndf=4, d_update_interval=3)
     restored.load_state_dict(model.state_dict())
     assert int(restored.iteration) == 5 and not restored.updates_discriminator()
+
+
+class _DLossProbe(DiscoGAN):
+    """At the D step, recomputes the official code's D loss from the same nets and inputs."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(ngf=4, ndf=4, **kwargs)
+        self.d_losses: list[tuple[float, float]] = []  # (ours, official)
+
+    def _discriminator_step(self, opt_d, real_A, real_B, fake_A, fake_B) -> None:
+        self._d_inputs = (real_A, real_B, fake_A, fake_B)
+        super()._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
+
+    def backward_and_step(self, optimizer, loss) -> None:
+        if optimizer.param_groups[0]["params"][0] is next(self.D_A.parameters()):
+            real_A, real_B, fake_A, fake_B = self._d_inputs
+            with torch.no_grad():  # image_translation.py: BCE(real) * 0.5 + BCE(fake) * 0.5
+
+                def official(D, real, fake):
+                    r, f = torch.sigmoid(D(real)[0]), torch.sigmoid(D(fake)[0])
+                    bce = torch.nn.BCELoss()
+                    return bce(r, torch.ones_like(r)) * 0.5 + bce(f, torch.zeros_like(f)) * 0.5
+
+                expected = official(self.D_A, real_A, fake_A) + official(self.D_B, real_B, fake_B)
+            self.d_losses.append((float(loss), float(expected)))
+        super().backward_and_step(optimizer, loss)
+
+
+@pytest.mark.parametrize("d_loss_scale", [None, 1.0])
+def test_discriminator_loss_is_halved_as_in_the_official_code(d_loss_scale):
+    kwargs = {} if d_loss_scale is None else {"d_loss_scale": d_loss_scale}
+    model = _DLossProbe(**kwargs)
+    _fit(model, 2)
+    assert len(model.d_losses) == 2
+    factor = 1.0 if d_loss_scale is None else 2.0  # eq. 6 as printed: twice the official
+    for ours, official in model.d_losses:
+        assert ours == pytest.approx(factor * official, rel=1e-5)
 
 
 def test_interval_one_updates_both_every_batch():

@@ -43,7 +43,8 @@ def test_knn_equals_brute_force(n, dim, k, chunk, include_self):
 
 def test_knn_keeps_self_first_even_with_duplicates():
     x = torch.randn(10, 4).repeat(3, 1)  # every feature three times
-    assert torch.equal(nbr.knn_cosine(x, 3, chunk_size=7)[:, 0], torch.arange(30))
+    first = nbr.knn_cosine(x, 3, chunk_size=7, include_self=True)[:, 0]
+    assert torch.equal(first, torch.arange(30))
 
 
 def test_knn_works_block_by_block_never_n_by_n(monkeypatch):
@@ -105,7 +106,8 @@ def test_biggan_shapes(size, n_classes):
     assert x.shape == (2, 3, size, size) and x.abs().max() <= 1
     assert D(x, h, y).shape == (2,)
     assert G.condition(h, y).shape == (2, 8 + (4 if n_classes else 0))
-    assert D.embed_h.weight.shape == (D.num_features, 16)  # projection of h onto phi(x)
+    # projection of h onto phi(x): half of phi's width when a class embedding takes the rest
+    assert D.embed_h.weight.shape == (D.num_features // (2 if n_classes else 1), 16)
 
 
 def test_conditional_batchnorm_uses_the_condition():
@@ -137,7 +139,7 @@ def _model(**kw) -> ICGAN:
 
 
 def test_ema_update_math_and_checkpoint(tmp_path):
-    model = _model(ema_decay=0.9)
+    model = _model(ema_decay=0.9, ema_start=0)
     for p in model.G.parameters():
         nn.init.constant_(p, 1.0)
     for p in model.G_ema.parameters():
@@ -151,24 +153,48 @@ def test_ema_update_math_and_checkpoint(tmp_path):
     assert not any(k.startswith(("_extractor", "_evaluator")) for k in keys)
 
 
-def test_sampled_real_is_a_neighbour_and_generate_from_any_image():
+def _prepare(model: ICGAN, dm, tmp_path=None):
+    """What InstanceNeighbourhoods does at fit set-up, outside a Trainer."""
+    from gan_suite.callbacks import InstanceNeighbourhoods
+
+    trainer = type("T", (), {"datamodule": dm, "is_global_zero": True})()
+    trainer.strategy = type("S", (), {"barrier": staticmethod(lambda name: None)})()
+    trainer.default_root_dir = str(tmp_path) if tmp_path else "."
+    InstanceNeighbourhoods().setup(trainer, model, "fit")
+
+
+def test_served_real_is_a_neighbour_and_generate_from_any_image():
+    """The loader serves, for instance i, h_i and a neighbour x_j with j in A_i (the k nearest
+    other instances); its label is the neighbour's."""
     dm = _digits()
-    model = _model(n_classes=10)
-    model.prepare_instances(dm)
-    n = len(dm.train_set)
-    assert model.instance_features.shape == (n, 16) and model.neighbours.shape == (n, 5)
+    model = _model(n_classes=10, feature_cache=None, n_d_steps=2)
+    _prepare(model, dm)
+    n = len(dm.data.train.labels)
+    ds = dm.train_set
+    assert model.instance_features.shape == (n, 16) and ds.neighbours.shape == (n, 5)
     assert torch.allclose(model.instance_features.norm(dim=1), torch.ones(n))
-    instances = torch.arange(0, n, n // 20)
-    real, labels, j = model.sample_neighbours(instances)
-    assert all(int(jj) in model.neighbours[i].tolist() for i, jj in zip(instances, j))
-    assert torch.equal(real, torch.stack([dm.train_set[int(t)]["image"] for t in j]))
-    assert torch.equal(labels, torch.as_tensor(dm.data.train.labels)[j])
+    base = dm.unaugmented_train_set()
+    for i in range(0, n, n // 20):
+        item = ds[i]
+        j = item["neighbour_index"]
+        assert j.shape == (2,) and item["image"].shape == (2, 3, 32, 32)  # n_d_steps draws
+        assert all(int(t) in ds.neighbours[i].tolist() and int(t) != i for t in j)
+        assert torch.equal(item["label"], torch.as_tensor(dm.data.train.labels)[j])
+        assert torch.equal(item["instance_features"], model.instance_features[i])
+        if not dm.flip:
+            assert torch.equal(item["image"][0], base[int(j[0])]["image"])
     outside = torch.rand(3, 3, 20, 20) * 2 - 1  # not a training image, another size
     model.eval()
     samples = model.generate_from_image(outside, n=4, labels=torch.tensor([1, 2, 3]))
     assert samples.shape == (3, 4, 3, 32, 32) and torch.isfinite(samples).all()
     panels = model.sample_panels({"image": outside, "label_true": torch.tensor([1, 2, 3])})
     assert [c.shape for c in panels["instance | samples"]] == [(3, 3, 32, 32)] * 6
+
+
+def test_training_without_the_neighbourhood_callback_says_what_to_add():
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="InstanceNeighbourhoods"):
+        trainer.fit(_model(), datamodule=_digits())
 
 
 def test_each_net_gets_gradients_only_in_its_own_step():
@@ -186,6 +212,8 @@ def test_each_net_gets_gradients_only_in_its_own_step():
         opt.zero_grad(set_to_none=True)
 
     model.backward_and_step = record
+    from gan_suite.callbacks import InstanceNeighbourhoods
+
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,
@@ -195,6 +223,7 @@ def test_each_net_gets_gradients_only_in_its_own_step():
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[InstanceNeighbourhoods()],
     )
     trainer.fit(model, datamodule=_digits())
     assert [w for w, _ in seen] == ["D", "G"]
@@ -230,14 +259,17 @@ def test_cli_fast_dev_run_on_the_embedded_shapes():
     run_dir = Path(cli.trainer.default_root_dir)
     assert run_dir.parent == Path("runs") / "icgan"
     assert cli.trainer.global_step == 2  # one D step and one G step
+    assert int(cli.model.iteration) == 1  # one iteration (batch)
     assert (run_dir / "instance_features.pt").is_file()  # feature_cache: auto
-    assert cli.model.neighbours.shape[1] == 3
+    assert cli.datamodule.train_set.neighbours.shape[1] == 3
     # test_after_fit ran the test loop: metrics.json with the Evaluation schema
     import json
 
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     for key in ("fid", "kid", "class_agreement", "class_agreement_other_instance"):
+        key = f"samples/{key}"
         assert metrics[key]["extractor"] == "evaluator" and metrics[key]["n_images"] > 0
+    assert 0 <= metrics["samples/nn_class_purity"]["value"] <= 1
 
 
 def test_class_labelled_data_gets_a_cached_class_evaluator(tmp_path):
@@ -250,7 +282,7 @@ def test_class_labelled_data_gets_a_cached_class_evaluator(tmp_path):
     from test_labelled import make_mnist
 
     from datamodules import LabelledDataModule
-    from gan_suite.models.icgan import _evaluator_for
+    from gan_suite.eval.judge import resolve_evaluator as _evaluator_for
 
     dm = LabelledDataModule(
         source="mnist", data_dir=str(make_mnist(tmp_path)), image_size=32, num_workers=0
@@ -269,11 +301,11 @@ def test_class_labelled_data_gets_a_cached_class_evaluator(tmp_path):
     assert _evaluator_for(type("NoLabels", (), {"source": "folder"})(), None) is None
 
 
-def test_generator_embeds_a_unit_h_at_the_scale_of_z():
-    """G's shared embedding of h starts at BigGAN's class-embedding scale (unit variance per
-    dimension for a unit-norm h), as large as the z chunk beside it in every CBN input;
-    PyTorch's default Linear init would make it ~0.04 and G would long ignore h."""
+def test_generator_embeds_a_unit_h_isometrically():
+    """G's shared embedding of h is the official SN linear layer with orthogonal init: with
+    feature_embed_dim >= feature_dim its weight is an isometry, a unit h keeps norm 1 (its
+    effect on G's output: tests/test_icgan_nets.py)."""
     g = BigGANGenerator(32, z_dim=20, ch=4, feature_dim=256, feature_embed_dim=512)
     h = torch.nn.functional.normalize(torch.randn(64, 256), dim=1)
-    std = float(g.embed_h(h).std())
-    assert 0.85 < std < 1.15, std
+    norm = (g.embed_h(h) - g.embed_h.bias).norm(dim=1)
+    assert torch.allclose(norm, torch.ones(64), atol=1e-4), norm

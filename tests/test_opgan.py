@@ -1,16 +1,25 @@
-"""OP-GAN: patch grid, pair sampling, Siamese heads, L_cc / L_dc, the G -> S/D order, CLI, DDP."""
+"""OP-GAN: patch grid, pair sampling, Siamese heads, L_cc / L_dc, S's content registration, the
+paper's objective, the G -> S/D order, CLI, DDP."""
 
 from __future__ import annotations
 
+import inspect
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from cli_helpers import EXPERIMENTS, TINY_TWO_DOMAIN, run_ddp_fit
 
 from gan_suite.cli import cli_main
-from gan_suite.losses import content_consistency_loss, domain_classification_loss
+from gan_suite.losses import (
+    content_consistency_loss,
+    content_registration_loss,
+    domain_classification_loss,
+    patch_map_distances,
+)
 from gan_suite.models.opgan import OPGAN
 from gan_suite.nets.siamese import D1, D2, C, SiameseNet, grid_patches, sample_patch_pairs
 
@@ -129,6 +138,165 @@ def test_domain_classification_loss_is_cross_entropy():
     )
 
 
+# -- content registration ------------------------------------------------------------------
+def test_patch_map_distances_are_l_cc_for_every_pair_of_positions():
+    att_s, att_t = torch.rand(2, 9, 1, 5, 5), torch.rand(2, 9, 1, 5, 5)
+    dist = patch_map_distances(att_s, att_t)
+    assert dist.shape == (2, 9, 9)
+    for b, i, j in [(0, 0, 0), (1, 3, 7), (1, 8, 2)]:
+        expected = content_consistency_loss(att_s[b, i : i + 1], att_t[b, j : j + 1])
+        assert torch.allclose(dist[b, i, j], expected)
+    with pytest.raises(ValueError, match="patch_map_distances"):
+        patch_map_distances(att_s, att_t[:, :4])
+
+
+def test_registration_loss_is_log_k_for_constant_maps_and_small_for_registered_ones():
+    k = 9
+    constant = torch.zeros(3, k, k)  # all maps alike: no position can be told apart
+    assert content_registration_loss(constant, 50.0) == pytest.approx(math.log(k))
+    registered = 0.1 * (1 - torch.eye(k)).expand(3, k, k)  # C1 agree, C2 differ by 0.1
+    bound = math.log(1 + (k - 1) * math.exp(-50.0 * 0.1))
+    assert content_registration_loss(registered, 50.0) == pytest.approx(bound, rel=1e-5)
+    assert bound < 0.06
+    swapped = registered.flip(2)  # every patch nearest to another position: worse than chance
+    assert content_registration_loss(swapped, 50.0) > math.log(k)
+    with pytest.raises(ValueError, match="scale"):
+        content_registration_loss(constant, 0.0)
+
+
+def _s_objective_with_maps(model: OPGAN, make_maps, real_A, real_B, fake_A, fake_B) -> dict:
+    """Smain's terms when S's content attention maps are replaced by ``make_maps(patches)``
+    (domain features and pair draws unchanged)."""
+    encode = model.S.encode
+
+    def patched(patches):
+        _, domain = encode(patches)
+        return make_maps(patches), domain
+
+    model.S.encode = patched
+    model.pair_generator.manual_seed(0)
+    try:
+        return model.siamese_objective(real_A, real_B, fake_A, fake_B)
+    finally:
+        del model.S.encode
+
+
+def _constant_maps(patches):
+    return torch.full_like(patches[:, :1], 0.5)
+
+
+def _content_maps(patches):  # a function of the patch content only: same content, same map
+    return torch.sigmoid(5 * patches.mean(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("directions", [("AtoB",), ("AtoB", "BtoA")])
+def test_constant_content_maps_no_longer_minimise_s_objective(directions):
+    torch.manual_seed(0)
+    real_A, real_B = torch.rand(2, 3, 30, 30) * 2 - 1, torch.rand(2, 3, 30, 30) * 2 - 1
+    fake_A, fake_B = real_B.clone(), real_A.clone()  # content-preserving "translations"
+    kwargs = {"ngf": 4, "n_blocks": 1, "ndf": 4, "siamese_width": 4, "siamese_depth": 2}
+    kwargs |= {"siamese_features": 8, "siamese_directions": directions}
+    images = (real_A, real_B, fake_A, fake_B)
+
+    model = OPGAN(**kwargs)
+    constant = _s_objective_with_maps(model, _constant_maps, *images)
+    registered = _s_objective_with_maps(model, _content_maps, *images)
+    # both satisfy L_cc exactly (same-position maps agree) and classify the same pairs ...
+    assert constant["l_cc"] == registered["l_cc"] == 0
+    assert torch.equal(constant["l_dc"], registered["l_dc"])
+    # ... but only registering maps tell same-position patches from different ones
+    assert constant["reg_acc"] == pytest.approx(1 / 9)
+    assert registered["reg_acc"] == 1
+    assert constant["cc_different"] == 0 < registered["cc_different"]
+    n = len(directions)
+    assert constant["l_reg"] == pytest.approx(n * math.log(9))
+    assert constant["s_loss"] > registered["s_loss"] + n * 2.0
+
+    # the paper's text alone (L_S = L_cc + L_dc) is indifferent: constant maps are a minimum
+    literal = OPGAN(**kwargs, registration_weight=0.0)
+    literal.load_state_dict(model.state_dict())
+    constant = _s_objective_with_maps(literal, _constant_maps, *images)
+    registered = _s_objective_with_maps(literal, _content_maps, *images)
+    assert constant["s_loss"] <= registered["s_loss"]
+    assert not constant["l_reg"].requires_grad  # diagnostics only, no graph
+
+
+def _train_s_alone(registration_weight: float, steps: int = 60) -> tuple[dict, dict]:
+    """Smain alone on fixed pairs of smooth images and content-keeping "translations" (a
+    contrast and brightness change); S's terms before and after."""
+    torch.manual_seed(0)
+    model, (_, _, opt_s), _ = _tiny_model_and_opts(
+        siamese_lr=1e-3, registration_weight=registration_weight
+    )
+
+    def smooth(b: int) -> torch.Tensor:
+        return torch.tanh(2 * F.interpolate(torch.randn(b, 3, 6, 6), size=30, mode="bilinear"))
+
+    real_A, real_B = smooth(4), smooth(4)
+    fake_A, fake_B = 0.5 * real_B - 0.3, 0.5 * real_A + 0.3
+    first = model.siamese_objective(real_A, real_B, fake_A, fake_B)
+    for _ in range(steps):
+        model._siamese_step(opt_s, real_A, real_B, fake_A, fake_B)
+    return first, model.siamese_objective(real_A, real_B, fake_A, fake_B)
+
+
+def test_siamese_step_learns_to_register_patches():
+    """With L_reg, S's maps come to register the patches (chance is 1/9) and keep L_cc
+    informative; on the paper's literal L_S the same S lets its maps fade towards constants."""
+    first, last = _train_s_alone(1.0)
+    assert last["reg_acc"] > 0.9
+    assert last["cc_different"] > 5 * last["cc_same"]
+    assert last["l_reg"] < first["l_reg"] - 1.0
+    _, literal = _train_s_alone(0.0)
+    assert literal["cc_different"] < last["cc_different"] / 10
+    assert literal["cc_different"] < first["cc_different"]
+
+
+# -- the paper's objective ------------------------------------------------------------------
+def test_paper_yaml_states_the_paper_objective_and_the_code_defaults_agree():
+    config = yaml.safe_load((EXPERIMENTS / "opgan.yaml").read_text())["model"]["init_args"]
+    assert config["identity_weight"] == 0  # L_LSGAN + alpha L_cyc + beta L_S: no identity term
+    assert config["siamese_directions"] == ["AtoB"]  # S on source -> target only
+    assert config["siamese_weight"] == 1 and config["cycle_weight_A"] == 10
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(OPGAN.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    for name, default in defaults.items():
+        if name in config:
+            value = config[name]
+            assert (list(default) if isinstance(default, tuple) else default) == value, name
+    model = OPGAN(ngf=4, n_blocks=1, ndf=4, siamese_width=4, siamese_depth=2, siamese_features=8)
+    assert model.hparams.identity_weight == 0
+    real = torch.rand(1, 3, 32, 32)
+    terms = model._cycle_terms(real, real, {"rec_A": real, "rec_B": real})
+    assert "idt_A" not in terms and "idt_B" not in terms
+
+
+def test_the_variant_adds_identity_and_the_second_direction():
+    kwargs = {"ngf": 4, "n_blocks": 1, "ndf": 4, "siamese_width": 4, "siamese_depth": 2}
+    kwargs["siamese_features"] = 8
+    paper = OPGAN(**kwargs)
+    variant = OPGAN(**kwargs, identity_weight=0.5, siamese_directions=("AtoB", "BtoA"))
+    variant.load_state_dict(paper.state_dict())
+    torch.manual_seed(0)
+    real_A, real_B = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    fake_A, fake_B = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = {"rec_A": real_A, "rec_B": real_B}
+    assert {"idt_A", "idt_B"} <= set(variant._cycle_terms(real_A, real_B, out))
+    # S on both directions sums two L_S; the paper's draws only the A -> B pairs
+    paper.pair_generator.manual_seed(0)
+    variant.pair_generator.manual_seed(0)
+    one = paper.siamese_terms(real_A, real_B, fake_A, fake_B)
+    both = variant.siamese_terms(real_A, real_B, fake_A, fake_B)
+    variant.pair_generator.manual_seed(0)
+    variant.hparams.siamese_directions = ("AtoB",)
+    again = variant.siamese_terms(real_A, real_B, fake_A, fake_B)
+    assert torch.allclose(again["l_s"], one["l_s"])
+    assert not torch.allclose(both["l_s"], one["l_s"])
+
+
 # -- the optimisation order ----------------------------------------------------------------
 class _FakeTrainer:
     """Just what toggle_optimizer and log_terms need from a Trainer."""
@@ -146,8 +314,9 @@ def _has_grad(net: torch.nn.Module) -> bool:
     return any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
-def _tiny_model_and_opts():
-    model = OPGAN(ngf=4, n_blocks=1, ndf=4, siamese_width=4, siamese_depth=2, siamese_features=8)
+def _tiny_model_and_opts(**kwargs):
+    tiny = {"ngf": 4, "n_blocks": 1, "ndf": 4, "siamese_width": 4, "siamese_depth": 2}
+    model = OPGAN(**tiny, siamese_features=8, **kwargs)
     opts, _ = model.configure_optimizers()
     model.trainer = _FakeTrainer(opts)
     model.log = lambda *args, **kwargs: None  # no trainer loop to log into
@@ -208,9 +377,13 @@ def test_fit_fast_dev_run_through_the_cli():
     assert Path(cli.trainer.default_root_dir).parent == Path("runs") / "opgan"
     assert cli.trainer.global_step == 3  # one batch: G, S and D steps
     metrics = cli.trainer.callback_metrics
-    for term in ("l_cc", "l_dc", "l_s", "s_acc", "g_l_s", "g_loss", "d_loss", "idt_A"):
+    logged = ("l_cc", "l_dc", "l_s", "s_acc", "g_l_s", "g_loss", "d_loss")
+    registration = ("l_reg", "s_loss", "cc_same", "cc_different", "reg_acc")
+    for term in logged + registration:
         assert f"train/{term}" in metrics
+    assert "train/idt_A" not in metrics  # the paper's objective: no identity term
     assert 0 <= float(metrics["train/s_acc"]) <= 1
+    assert 0 <= float(metrics["train/reg_acc"]) <= 1
 
 
 @pytest.mark.slow

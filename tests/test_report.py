@@ -11,12 +11,9 @@ import pytest
 from PIL import Image
 
 from gan_suite.eval.compare import better_direction, compare_main, compare_runs, to_markdown
-from gan_suite.eval.report import (
-    plot_curves,
-    read_metrics_json,
-    write_metrics_json,
-    write_report_html,
-)
+from gan_suite.eval.curves import plot_curves
+from gan_suite.eval.metrics_json import read_metrics_json, write_metrics_json
+from gan_suite.eval.report import write_report_html
 
 COLUMNS = [
     "epoch", "step", "train/adv_AB", "train/cycle_A", "train/d_A", "train/d_loss",
@@ -83,7 +80,8 @@ def test_metrics_json_round_trip_and_nan(tmp_path):
     )
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text  # strict JSON for any reader
-    assert not list(path.parent.glob("*.tmp"))  # the atomic write left no temp file
+    assert not list(path.parent.glob(".*.tmp"))  # the atomic write left no temp file
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by whoever compares the runs
     doc = read_metrics_json(tmp_path / "run")
     assert doc == json.loads(text)
     assert doc["schema"] == 1 and doc["model"] == "CycleGAN" and doc["dataset"] is None

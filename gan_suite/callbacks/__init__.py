@@ -3,6 +3,14 @@
 from gan_suite.callbacks.ddp_check import DDPConsistencyCheck
 from gan_suite.callbacks.evaluation import Evaluation
 from gan_suite.callbacks.history import HistoryBuffer, ImagePool
+from gan_suite.callbacks.instances import InstanceNeighbourhoods
 from gan_suite.callbacks.samples import SampleGrid
 
-__all__ = ["DDPConsistencyCheck", "Evaluation", "HistoryBuffer", "ImagePool", "SampleGrid"]
+__all__ = [
+    "DDPConsistencyCheck",
+    "Evaluation",
+    "HistoryBuffer",
+    "ImagePool",
+    "InstanceNeighbourhoods",
+    "SampleGrid",
+]

@@ -1,14 +1,14 @@
-"""FID/KID and task metrics during training (every N epochs) and at ``test``.
+"""One evaluation room: FID/KID and task metrics of every paper, every N epochs and at ``test``.
 
-The callback owns the metric state; the LightningModule only says what it generated for a
-batch, through ``evaluation_translations(batch) -> list[Translation]``.
+The callback owns the metric state, the evaluator network, DDP sharding and the reports; the
+LightningModule only says what it produced for a batch, through the protocol of
+:mod:`gan_suite.eval.protocol`: ``evaluation_outputs(batch) -> list[record]``. Scorers are
+chosen by record type (:mod:`gan_suite.eval.scorers`): translations, class-conditional samples,
+instance-conditioned samples, attribute-conditioned translations, segmentations.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -16,55 +16,37 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from gan_suite.eval.features import make_feature_extractor
+from gan_suite.eval.features import EvaluatorFeatures, make_feature_extractor
 from gan_suite.eval.fid import FIDKID
 from gan_suite.eval.metrics import TranslationMetrics
-
-_DISTRIBUTED_ENV = (
-    "LOCAL_RANK",
-    "RANK",
-    "WORLD_SIZE",
-    "NODE_RANK",
-    "GROUP_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
+from gan_suite.eval.protocol import (
+    AttributeTranslation,
+    ClassSamples,
+    InstanceSamples,
+    SegmentationOutput,
+    TaggedVectors,
+    Translation,
 )
-
-
-def _train_evaluator_in_subprocess(root: Path) -> None:
-    """``load_or_train_evaluator(root)`` in a fresh single-process Python (cache hit: instant)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _DISTRIBUTED_ENV and not k.startswith(("TORCHELASTIC_", "PL_"))
-    }
-    code = (
-        "import sys; from gan_suite.eval.evaluator import load_or_train_evaluator as f; "
-        "f(sys.argv[1])"
-    )
-    subprocess.run([sys.executable, "-c", code, str(root)], env=env, check=True)
-
-
-class _EvaluatorFeatures(nn.Module):
-    """The evaluator's penultimate features as an (N, D) feature net."""
-
-    def __init__(self, evaluator: nn.Module) -> None:
-        super().__init__()
-        self.evaluator = evaluator
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.evaluator.features(images)
+from gan_suite.eval.scorers import (
+    AttributeScorer,
+    ClassScorer,
+    InstanceScorer,
+    SegmentationScorer,
+)
+from gan_suite.eval.tags import TagScorer
+from gan_suite.utils import atomic_write
 
 
 class Evaluation(L.Callback):
-    """Evaluate translations with FID/KID, paired PSNR/SSIM, label and object preservation.
+    """Evaluate what any paper generates: one callback, scorers chosen by record type.
 
     Evaluates the first ``n_images`` test items of the data module (all of them at most),
     sharded over DDP ranks without padding so that every image counts once whatever the
-    number of processes. Logs ``val/<direction>/<metric>`` every ``every_n_epochs`` epochs
-    and ``test/<direction>/<metric>`` at ``test``, and after ``test`` writes ``metrics.json``
-    and ``report.html`` in the run directory (rank 0).
+    number of processes. For each batch the model returns records
+    (``evaluation_outputs(batch)``, :mod:`gan_suite.eval.protocol`); each record's name gets a
+    scorer. Logs ``val/<name>/<metric>`` every ``every_n_epochs`` epochs and
+    ``test/<name>/<metric>`` at ``test``, and after ``test`` writes ``metrics.json`` and
+    ``report.html`` in the run directory (rank 0).
 
     Args:
         feature: FID/KID features: ``evaluator`` (the dataset's evaluator network; CPU runs and
@@ -73,14 +55,19 @@ class Evaluation(L.Callback):
             data or ``evaluator_checkpoint``), else inception.
         inception_weights: path of the InceptionV3 weights file (else the torch hub cache or
             ``$GAN_SUITE_INCEPTION_WEIGHTS``).
-        evaluator_checkpoint: an evaluator trained with ``experiments/evaluator.yaml`` for
-            label/object preservation and evaluator features; default: the cached evaluator
-            of the embedded data, trained on first use.
-        use_evaluator: measure label and object preservation (needs labels/masks in the data).
-        n_images: evaluated test items per direction (also the number of real images).
+        evaluator_checkpoint: an evaluator trained with ``experiments/evaluator.yaml``;
+            default: the data's cached evaluator, trained on first use
+            (:func:`~gan_suite.eval.judge.resolve_evaluator`).
+        use_evaluator: measure what needs the evaluator (label/object preservation, class
+            accuracy, class agreement, attribute accuracy).
+        n_images: evaluated test items (also the number of real images).
         every_n_epochs: evaluation interval during fit (0: only at test).
         kid_subset_size: KID subset size (clipped to the number of images).
         batch_size: batch size of the evaluation loop.
+
+    Raises:
+        ValueError: ``feature='evaluator'`` on data without an evaluator; a class, instance or
+            attribute record while no evaluator is available.
     """
 
     def __init__(
@@ -106,29 +93,26 @@ class Evaluation(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.kid_subset_size = kid_subset_size
         self.batch_size = batch_size
-        self.metrics: dict[str, TranslationMetrics] = {}
+        self.metrics: dict[str, dict[str, nn.Module]] = {"val": {}, "test": {}}
         self.evaluator: nn.Module | None = None
         self.extractor: nn.Module | None = None
         self.last_results: dict[str, dict] = {}
-        self._real_done = False
+        self._real_done: set[str] = set()  # stages whose real features are kept
+        self._validation_unit: torch.Tensor | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def _load_evaluator(self, trainer: L.Trainer) -> nn.Module | None:
-        from gan_suite.eval.evaluator import load_evaluator, load_or_train_evaluator
+        from gan_suite.eval.judge import fill_evaluator_cache, resolve_evaluator
 
-        if self.evaluator_checkpoint:
-            return load_evaluator(self.evaluator_checkpoint)
         dm = trainer.datamodule
-        if getattr(dm, "labels", None) is None:
-            return None  # no labelled data: no evaluator
-        if trainer.world_size > 1:
+        if trainer.world_size > 1 and not self.evaluator_checkpoint:
             # A Trainer nested in a DDP process would join the outer process group and
             # deadlock: rank 0 trains a missing evaluator in a clean subprocess, the others
             # wait, then every rank reads the cached checkpoint.
             if trainer.is_global_zero:
-                _train_evaluator_in_subprocess(dm.root)
+                fill_evaluator_cache(dm)
             trainer.strategy.barrier("gan_suite_evaluator")
-        return load_or_train_evaluator(dm.root)
+        return resolve_evaluator(dm, self.evaluator_checkpoint)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         wants_evaluator = self.use_evaluator or self.feature in {"auto", "evaluator"}
@@ -143,60 +127,126 @@ class Evaluation(L.Callback):
                 if self.evaluator is None:
                     raise ValueError(
                         "Evaluation(feature='evaluator') needs an evaluator: this dataset has no "
-                        "labels (scenes.json); pass evaluator_checkpoint=... or "
+                        "labels (scenes.json or class labels); pass evaluator_checkpoint=... or "
                         "feature='inception'"
                     )
-                net = _EvaluatorFeatures(self.evaluator)
+                net = EvaluatorFeatures(self.evaluator)
             else:
                 net = None
             self.extractor = make_feature_extractor(
                 self.feature, evaluator=net, weights_path=self.inception_weights
             ).to(pl_module.device)
 
-    def _metrics_for(self, direction: str) -> TranslationMetrics:
-        if direction not in self.metrics:
-            fidkid = (
-                FIDKID(self.extractor, kid_subset_size=self.kid_subset_size)
-                if self.extractor is not None
-                else None
+    def _fidkid(self) -> FIDKID | None:
+        if self.extractor is None:
+            return None
+        return FIDKID(self.extractor, kid_subset_size=self.kid_subset_size)
+
+    def _judge(self, record) -> nn.Module:
+        if self.evaluator is None or not self.use_evaluator:
+            raise ValueError(
+                f"{type(record).__name__} records ({record.name!r}) are judged by the data's "
+                "evaluator, and there is none: use class-labelled data, pass "
+                "evaluator_checkpoint=..., or set use_evaluator: true"
             )
+        return self.evaluator
+
+    def _scorer_for(self, record, stage: str) -> nn.Module:
+        """The scorer of ``record``'s name in ``stage``, created on first sight by its type."""
+        if record.name in self.metrics[stage]:
+            return self.metrics[stage][record.name]
+        if isinstance(record, Translation):
             evaluator = self.evaluator if self.use_evaluator else None
             n_classes = int(evaluator.hparams["n_classes"]) if evaluator is not None else 0
-            self.metrics[direction] = TranslationMetrics(fidkid, evaluator, n_classes)
-        return self.metrics[direction]
+            scorer = TranslationMetrics(self._fidkid(), evaluator, n_classes)
+        elif isinstance(record, ClassSamples):
+            judge = self._judge(record)
+            scorer = ClassScorer(judge, int(judge.hparams["n_classes"]), self._fidkid())
+        elif isinstance(record, InstanceSamples):
+            scorer = InstanceScorer(self._judge(record), self._fidkid())
+        elif isinstance(record, AttributeTranslation):
+            judge = self._judge(record)
+            if not hasattr(judge, "classify_attributes"):
+                raise ValueError(
+                    f"attribute translations ({record.name!r}) need an evaluator with an "
+                    "attribute head (classify_attributes); pass evaluator_checkpoint=..."
+                )
+            scorer = AttributeScorer(judge, self._fidkid())
+        elif isinstance(record, SegmentationOutput):
+            scorer = SegmentationScorer(record)
+        elif isinstance(record, TaggedVectors):
+            scorer = TagScorer()
+        else:
+            raise TypeError(
+                f"evaluation_outputs returned a {type(record).__name__}: expected a record of "
+                "gan_suite.eval.protocol"
+            )
+        self.metrics[stage][record.name] = scorer
+        return scorer
 
-    def _loader(self, trainer: L.Trainer) -> DataLoader:
+    def _subset(self, trainer: L.Trainer, split: str):
         dm = trainer.datamodule
-        if dm.test_set is None:
-            dm.setup("test")
-        n = min(self.n_images, len(dm.test_set))
+        attr = "test_set" if split == "test" else "val_set"
+        if getattr(dm, attr, None) is None:
+            dm.setup("test" if split == "test" else "validate")
+        dataset = getattr(dm, attr)
+        n = min(self.n_images, len(dataset))
         # every rank takes a disjoint stride of the first n items: no padding, no duplicates
-        indices = range(trainer.global_rank, n, trainer.world_size)
-        return DataLoader(Subset(dm.test_set, indices), batch_size=self.batch_size)
+        return Subset(dataset, range(trainer.global_rank, n, trainer.world_size)), n
+
+    def _validation_images_unit(self, trainer: L.Trainer) -> torch.Tensor:
+        """The first ``n_images`` validation images as (N, D) pixels in [0, 1], every rank
+        (Parzen's bandwidth is chosen on them); read once a run."""
+        if self._validation_unit is None:
+            dm = trainer.datamodule
+            if getattr(dm, "val_set", None) is None:
+                dm.setup("validate")
+            n = min(self.n_images, len(dm.val_set))
+            images = torch.stack([torch.as_tensor(dm.val_set[i]["image"]) for i in range(n)])
+            unit = images if getattr(dm, "normalize", "tanh") == "unit" else (images + 1) / 2
+            self._validation_unit = unit.float().flatten(1)
+        return self._validation_unit
 
     # -- the evaluation -----------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict]:
-        """Run the evaluation loop and return ``{"<direction>/<metric>": {...}}``."""
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str = "test"
+    ) -> dict[str, dict]:
+        """Evaluate the first ``n_images`` items of the ``stage`` split (``val``: the
+        validation split, ``test``: the test split) and return ``{"<name>/<metric>": {...}}``."""
         was_training = pl_module.training
         pl_module.eval()
         paired = bool(getattr(trainer.datamodule, "ground_truth_pairs", False))
-        for batch in self._loader(trainer):
+        subset, _ = self._subset(trainer, stage)
+        with_real = stage not in self._real_done
+        for batch in DataLoader(subset, batch_size=self.batch_size):
             batch = {
                 k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()
             }
-            for t in pl_module.evaluation_translations(batch):
-                if not paired:
-                    t.paired_target = None  # aligned by order only, not a true pair
-                m = self._metrics_for(t.direction).to(pl_module.device)
-                m.update(t, with_real=not self._real_done)
-        self._real_done = True  # real features are computed once per run and kept
+            for record in pl_module.evaluation_outputs(batch):
+                if isinstance(record, Translation) and not paired:
+                    record.paired_target = None  # aligned by order only, not a true pair
+                scorer = self._scorer_for(record, stage).to(pl_module.device)
+                scorer.update(record, with_real=with_real)
+        self._real_done.add(stage)  # real features are computed once per run and kept
         results = {}
-        for direction, m in sorted(self.metrics.items()):
-            for name, info in m.compute().items():
-                results[f"{direction}/{name}"] = info
-            m.reset()
+        for name, scorer in sorted(self.metrics[stage].items()):
+            entries = scorer.compute()
+            if isinstance(scorer, ClassScorer) and scorer.parzen_request > 0:
+                entries.update(
+                    scorer.parzen(
+                        pl_module.sample_classes,
+                        self._validation_images_unit(trainer),
+                        score_validation=stage != "test",
+                    )
+                )
+            for metric, info in entries.items():
+                results[f"{name}/{metric}"] = info
+            if isinstance(scorer, TagScorer) and stage == "test" and trainer.is_global_zero:
+                tsv = Path(trainer.default_root_dir) / "tags.tsv"
+                atomic_write(tsv, lambda p, text=scorer.tags_table(): p.write_text(text))
+            scorer.reset()
         pl_module.train(was_training)
         self.last_results = results
         return results
@@ -210,10 +260,10 @@ class Evaluation(L.Callback):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        self._log(pl_module, "val", self.evaluate(trainer, pl_module))
+        self._log(pl_module, "val", self.evaluate(trainer, pl_module, "val"))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        results = self.evaluate(trainer, pl_module)
+        results = self.evaluate(trainer, pl_module, "test")
         self._log(pl_module, "test", results)
         if trainer.is_global_zero:
             self._write_reports(trainer, pl_module, results)
@@ -221,14 +271,16 @@ class Evaluation(L.Callback):
     def _write_reports(self, trainer: L.Trainer, pl_module, results: dict[str, dict]) -> None:
         from gan_suite.eval.report import write_run_reports
 
+        dm = trainer.datamodule
+        dataset = getattr(dm, "root", None) or getattr(dm, "data_dir", None)
         write_run_reports(
             trainer,
             results,
             model=type(pl_module).__name__,
-            dataset=str(getattr(trainer.datamodule, "root", "")),
+            dataset=str(dataset or getattr(dm, "source", "")),
             extra={
                 "feature": self.feature,
                 "epoch": trainer.current_epoch,
-                "global_step": trainer.global_step,
+                "iteration": int(getattr(pl_module, "iteration", trainer.global_step)),
             },
         )

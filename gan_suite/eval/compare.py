@@ -3,9 +3,9 @@
     gan-suite compare runs/cyclegan/<id1> runs/opgan/<id2> [--out compare.html]
 
 Each RUN_DIR is a run directory (or its ``test-*`` sub-directory, or a ``metrics.json``) with a
-``metrics.json`` written by :func:`gan_suite.eval.report.write_metrics_json`. Prints a markdown
-table (rows = metrics, columns = runs, best value per row in bold) and writes the same table
-as a static HTML page, never overwriting an existing file.
+``metrics.json`` written by :func:`gan_suite.eval.metrics_json.write_metrics_json`. Prints a
+markdown table (rows = metrics, columns = runs, best value per row in bold) and writes the same
+table as a static HTML page, never overwriting an existing file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from gan_suite.eval.report import EVAL_DIR_PREFIXES, format_value, read_metrics_json
+from gan_suite.eval.metrics_json import EVAL_DIR_PREFIXES, format_value, read_metrics_json
 
 MISSING = "–"  # en dash: a run that has no such metric
 _LOWER_IS_BETTER = ("fid", "kid", "loss", "cycle")

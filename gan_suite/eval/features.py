@@ -216,3 +216,14 @@ def make_feature_extractor(
             raise ValueError("make_feature_extractor('evaluator') needs the `evaluator` module")
         return FeatureWrapper(evaluator, num_features, input_size, name="evaluator")
     raise ValueError(f"unknown feature extractor kind {kind!r}: expected one of {EXTRACTOR_KINDS}")
+
+
+class EvaluatorFeatures(nn.Module):
+    """An evaluator's penultimate features as an (N, D) feature net: [-1, 1] images in."""
+
+    def __init__(self, evaluator: nn.Module) -> None:
+        super().__init__()
+        self.evaluator = evaluator
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.evaluator.features(images)

@@ -1,10 +1,9 @@
-"""Judging generated images of a class-conditional model with a trained evaluator.
+"""Which evaluator judges a dataset's generated images, and the class evaluator.
 
-:class:`ImageJudge` scores generated images by their class accuracy under a frozen
-:class:`~gan_suite.eval.evaluator.Evaluator` (per class, beside the accuracy on real images and
-a chance level from shuffled labels) and by FID/KID in the evaluator's features.
-:func:`load_or_train_label_evaluator` provides that evaluator for class-labelled data (digits,
-MNIST, an ImageFolder): trained once on the real training images, then cached.
+:func:`resolve_evaluator` picks the frozen :class:`~gan_suite.eval.evaluator.Evaluator` of a
+data module (used by the ``Evaluation`` callback and by IC-GAN's feature extractor);
+:func:`load_or_train_label_evaluator` provides it for class-labelled data (digits, MNIST, an
+ImageFolder): trained once on the real training images, then cached.
 """
 
 from __future__ import annotations
@@ -18,94 +17,92 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import nn
 
-from gan_suite.eval.cache import atomic_write, default_cache_root, file_lock, seeded
-
-
-class _JudgeFeatures(nn.Module):
-    """The evaluator's pooled features of images given in the model's range and channels."""
-
-    def __init__(self, evaluator: nn.Module, to_display) -> None:
-        super().__init__()
-        self.evaluator, self.to_display = evaluator, to_display
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.evaluator.features(self.to_display(images))
+from gan_suite.utils import atomic_write, default_cache_root, file_lock, seeded
 
 
-def _local_metrics(module: nn.Module) -> nn.Module:
-    """Switch off torchmetrics' DDP gathering: every rank evaluates the same seeded images, so
-    gathering would count each image world_size times (and skipping ranks would deadlock)."""
-    from torchmetrics import Metric
+def resolve_evaluator(datamodule, checkpoint: str | None = None) -> nn.Module | None:
+    """The evaluator that judges generated images of ``datamodule``'s data, or None.
 
-    for m in module.modules():
-        if isinstance(m, Metric):
-            m.sync_on_compute = m._to_sync = False
-    return module
-
-
-class ImageJudge:
-    """Class accuracy and FID/KID of generated images under a frozen evaluator.
-
-    Args:
-        evaluator: an :class:`~gan_suite.eval.evaluator.Evaluator` (``classify``/``features``).
-        to_display: maps the model's images to (N, 3, H, W) in [-1, 1], the evaluator's input.
+    - ``checkpoint``: that Evaluator (trained with ``experiments/evaluator.yaml``);
+    - two-domain data with scene labels (the embedded shapes, or a folder with
+      ``scenes.json``): the cached classifier + segmenter + domain head, trained on first use;
+    - ``LabelledDataModule(source="shapes")``: the same evaluator of the shapes data;
+    - other class-labelled data (digits, MNIST, class folders): the cached class evaluator
+      (width 32: 128-d features), trained on the real training images on first use;
+    - anything else (no labels): None.
     """
+    from gan_suite.eval.evaluator import load_evaluator, load_or_train_evaluator
 
-    def __init__(self, evaluator: nn.Module, to_display, chunk: int = 500) -> None:
-        self.evaluator, self.to_display, self.chunk = evaluator, to_display, chunk
+    if checkpoint:
+        return load_evaluator(checkpoint)
+    if getattr(datamodule, "labels", None) is not None and hasattr(datamodule, "root"):
+        return load_or_train_evaluator(datamodule.root)
+    if getattr(datamodule, "source", None) == "shapes":
+        if datamodule.data_dir:
+            return load_or_train_evaluator(datamodule.data_dir)
+        embedded = dict(datamodule.embedded)
+        return load_or_train_evaluator(None, data_seed=embedded.pop("seed", 0), **embedded)
+    if getattr(datamodule, "label_kind", None) == "class":
+        return load_or_train_label_evaluator(datamodule, width=32)
+    return None
 
-    @torch.no_grad()
-    def predict(self, images: Tensor) -> Tensor:
-        dev = next(self.evaluator.parameters()).device
-        parts = [
-            self.evaluator.classify(self.to_display(x.to(dev))).argmax(1).cpu()
-            for x in images.split(self.chunk)
-        ]
-        return torch.cat(parts)
 
-    @torch.no_grad()
-    def score(
-        self, real: Tensor, real_labels: Tensor, fake: Tensor, class_names: list[str] | None
-    ) -> dict[str, dict]:
-        """``fake[i]`` was generated for class ``real_labels[i]``. Returns the metrics.json
-        entries ``class_acc`` (+ per class, ``_real``, ``_shuffled``), ``fid``, ``kid``."""
-        from gan_suite.eval.features import FeatureWrapper
-        from gan_suite.eval.fid import FIDKID
+def resolve_evaluator_from_spec(spec: str) -> None:
+    """:func:`resolve_evaluator` of a data module rebuilt from a JSON spec (``module``,
+    ``class``, ``args``): run by rank 0 in a clean subprocess under DDP to fill the cache."""
+    import importlib
 
-        n, judged = len(fake), {"extractor": "evaluator"}
-        predicted = self.predict(fake)  # judged once: the accuracies and the chance level
-        hits = (predicted == real_labels).float()
-        out = {"class_acc": {"value": float(hits.mean()), "n_images": n, **judged}}
-        names = class_names or [str(k) for k in range(int(real_labels.max()) + 1)]
-        for k, name in enumerate(names):
-            mask = real_labels == k
-            if mask.any():
-                value = float(hits[mask].mean())
-                out[f"class_acc/{name}"] = {"value": value, "n_images": int(mask.sum()), **judged}
-        # chance level of these very fakes: labels permuted (seeded), same class frequencies
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-        shuffled = float((predicted == real_labels[perm]).float().mean())
-        out["class_acc_shuffled"] = {"value": shuffled, "n_images": n, **judged}
-        real_acc = float((self.predict(real) == real_labels).float().mean())
-        out["class_acc_real"] = {"value": real_acc, "n_images": len(real), **judged}
-        dev = next(self.evaluator.parameters()).device
-        extractor = FeatureWrapper(
-            _JudgeFeatures(self.evaluator, self.to_display),
-            num_features=self.evaluator.num_features,
-            name="evaluator",
-        )
-        metric = _local_metrics(FIDKID(extractor, kid_subset_size=100).to(dev))
-        for x in real.split(self.chunk):
-            metric.update_real(x.to(dev))
-        for x in fake.split(self.chunk):
-            metric.update_fake(x.to(dev))
-        s = metric.compute()
-        info = {"extractor": s["extractor"], "n_images": s["n_fake"], "n_real": s["n_real"]}
-        out["fid"] = {"value": s["fid"], **info}
-        out["kid"] = {"value": s["kid_mean"], "std": s["kid_std"], **info}
-        return out
+    info = json.loads(spec)
+    cls = getattr(importlib.import_module(info["module"]), info["class"])
+    resolve_evaluator(cls(**info["args"]), info.get("checkpoint"))
+
+
+_DISTRIBUTED_ENV = (
+    "LOCAL_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def fill_evaluator_cache(datamodule, checkpoint: str | None = None) -> None:
+    """:func:`resolve_evaluator` of ``datamodule`` in a fresh single-process Python (cache
+    hit: instant). Under DDP rank 0 calls it before a barrier: a Trainer nested in a DDP
+    process would join the outer process group and deadlock."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _DISTRIBUTED_ENV and not k.startswith(("TORCHELASTIC_", "PL_"))
+    }
+    code = (
+        "import sys; from gan_suite.eval.judge import resolve_evaluator_from_spec as f; "
+        "f(sys.argv[1])"
+    )
+    spec = datamodule_spec(datamodule, checkpoint)
+    subprocess.run([sys.executable, "-c", code, spec], env=env, check=True)
+
+
+def datamodule_spec(datamodule, checkpoint: str | None) -> str:
+    """The JSON spec of :func:`resolve_evaluator_from_spec` for ``datamodule``."""
+    accepted = inspect.signature(type(datamodule)).parameters
+    args = {k: v for k, v in dict(datamodule.hparams).items() if k in accepted}
+    info = {
+        "module": type(datamodule).__module__,
+        "class": type(datamodule).__name__,
+        "args": args,
+        "checkpoint": checkpoint,
+    }
+    return json.dumps(info, default=str)
 
 
 # ------------------------------------------------------------------------ the class evaluator

@@ -13,11 +13,12 @@ matrix:
 - :func:`knn_cosine_query` searches queries (e.g. held-out images) against a database, one
   chunk of queries at a time: O(chunk x N) transient.
 
-Self-matches: an instance is its own nearest neighbour, and IC-GAN's neighbourhood A_i is
-"the k nearest neighbours of h_i in the dataset", which contains x_i itself (a faiss search of
-the training set against itself returns it first). ``include_self=True`` (default) therefore
-keeps it, and places it first even if duplicates tie with it; ``include_self=False`` gives the
-k nearest *other* instances.
+Self-matches: an instance is its own nearest neighbour. The official IC-GAN code
+(facebookresearch/ic_gan, ``data_utils/datasets_common.py``, ``_obtain_nns``) searches the
+k + 1 nearest neighbours of every training instance (faiss ``IndexFlatL2`` on the L2-normalised
+features, the same order as cosine similarity) and deletes the instance itself from its list,
+so A_i is the k nearest *other* instances. ``include_self=False`` (default) does the same;
+``include_self=True`` keeps x_i in A_i instead, first even if duplicates tie with it.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def knn_cosine(
     k: int,
     *,
     chunk_size: int = 4096,
-    include_self: bool = True,
+    include_self: bool = False,
     normalized: bool = False,
 ) -> Tensor:
-    """Indices of the k most cosine-similar rows of ``features`` for every row.
+    """Indices of the k most cosine-similar rows of ``features`` for every row: IC-GAN's
+    neighbourhoods A_i (section 2), by default without the instance i itself.
 
     Args:
         features: (N, D) features, any float dtype (searched in float32).
@@ -71,11 +73,14 @@ def knn_cosine(
         chunk_size: side of the similarity blocks; transient memory is chunk_size^2 floats
             (4096 -> 64 MiB) plus the top-k of a block.
         include_self: whether instance i counts as one of its own neighbours (then it is
-            always the first).
+            always the first). Default False, the official code's choice.
         normalized: the rows already have unit L2 norm (skips a normalised N x D copy).
 
     Returns:
         (N, k) int64 indices, most similar first.
+
+    Raises:
+        ValueError: features not (N, D), or k outside [1, N] ([1, N - 1] without self).
     """
     x = _normalised(features, normalized)
     n = x.shape[0]
@@ -115,7 +120,7 @@ def knn_cosine_query(
 
 
 @torch.no_grad()
-def brute_force_knn(features: Tensor, k: int, *, include_self: bool = True) -> Tensor:
+def brute_force_knn(features: Tensor, k: int, *, include_self: bool = False) -> Tensor:
     """Reference for tests: the full N x N float64 similarity matrix, then top-k.
 
     O(N^2) memory: small N only.

@@ -223,7 +223,7 @@ class TwoDomainTranslator(GANModule):
             out["fake_A"] = self(batch["B"], "BtoA")
         return out
 
-    def evaluation_translations(self, batch: dict) -> list[Translation]:
+    def evaluation_outputs(self, batch: dict) -> list[Translation]:
         """Both directions, for the Evaluation callback."""
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
         return two_way_translations(batch, fake_B=self.G_AB(real_A), fake_A=self.G_BA(real_B))

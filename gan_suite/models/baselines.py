@@ -18,7 +18,7 @@ class IdentityTranslator(L.LightningModule):
     the FID/KID of the untranslated source against the target domain.
     """
 
-    def evaluation_translations(self, batch: dict) -> list[Translation]:
+    def evaluation_outputs(self, batch: dict) -> list[Translation]:
         return two_way_translations(batch, fake_B=batch["A"], fake_A=batch["B"])
 
     def test_step(self, batch: dict, batch_idx: int) -> None:

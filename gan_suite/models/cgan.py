@@ -13,13 +13,12 @@ to 0.7, batches of 100.
 - :class:`ConditionalGANBase`: the training shared with the multimodal model of section 4.2
   (image features -> word vectors), :class:`~gan_suite.models.cgan_vectors.CGANVectors`.
 
-Evaluation (every ``eval_every_n_epochs`` validation and at test): the Parzen-window
-log-likelihood of section 4.1 / Table 1 (``parzen_ll``), the class accuracy of generated images
-under an evaluator trained on the real training images (``class_acc``, per class
-``class_acc/<name>``, beside ``class_acc_real``, the evaluator's accuracy on real images, and
-``class_acc_shuffled``, the same fakes scored against permuted labels), FID/KID in the
-evaluator's features (both by :class:`~gan_suite.eval.judge.ImageJudge`). Test writes
-``metrics.json`` and ``report.html`` into the run directory.
+Evaluation is the :class:`~gan_suite.callbacks.Evaluation` callback's: the model returns its
+samples through :meth:`CGAN.evaluation_outputs` (one G(z, y) per real image, for that image's
+class) and :meth:`CGAN.sample_classes` (for the Parzen-window log-likelihood of section 4.1 /
+Table 1, ``parzen_ll``); the callback scores the class accuracy under an evaluator trained on
+the real training images (``class_acc``, per class, beside ``class_acc_real`` and the chance
+level ``class_acc_shuffled``) and FID/KID in the evaluator's features.
 
 One device:  gan-suite fit --config experiments/cgan.yaml [--data.init_args.source mnist ...]
 Multi-GPU:   ... --config experiments/presets/ddp.yaml
@@ -31,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_suite.eval.judge import ImageJudge, load_or_train_label_evaluator
-from gan_suite.eval.parzen import DEFAULT_SIGMAS, parzen_estimate
+from gan_suite.eval.protocol import ClassSamples
 from gan_suite.losses import (
     discriminator_adv_loss,
     exponential_decay_lr,
@@ -162,42 +160,6 @@ class ConditionalGANBase(GANModule):
         ]
         return opts, scheds
 
-    # -- evaluation plumbing --------------------------------------------------------------
-    def _should_evaluate(self) -> bool:
-        every = self.hparams.eval_every_n_epochs
-        return (
-            not self.trainer.sanity_checking and every > 0 and (self.current_epoch + 1) % every == 0
-        )
-
-    def on_validation_epoch_end(self) -> None:
-        if self._should_evaluate():
-            self._log_results("val", self.evaluate("val"))
-
-    def on_test_epoch_end(self) -> None:
-        results = self.evaluate("test")
-        self._log_results("test", results)
-        if self.trainer.is_global_zero:
-            self._write_reports(results)
-
-    def _log_results(self, prefix: str, results: dict[str, dict]) -> None:
-        # every rank computes the same numbers (seeded noise, local metric states)
-        for key, info in results.items():
-            self.log(f"{prefix}/{key}", float(info["value"]), batch_size=1)
-
-    def _write_reports(self, results: dict[str, dict]) -> None:
-        """metrics.json + report.html, as the Evaluation callback writes them."""
-        from gan_suite.eval.report import write_run_reports
-
-        trainer = self.trainer
-        dm = trainer.datamodule
-        write_run_reports(
-            trainer,
-            results,
-            model=type(self).__name__,
-            dataset=str(getattr(dm, "data_dir", None) or getattr(dm, "source", "")),
-            extra={"epoch": trainer.current_epoch, "iteration": int(self.iteration)},
-        )
-
 
 class CGAN(ConditionalGANBase):
     """Class-conditional image GAN: the paper's MNIST MLPs or a conditional DCGAN.
@@ -227,14 +189,9 @@ class CGAN(ConditionalGANBase):
         momentum: initial SGD momentum (0.5). final_momentum: reached at saturation (0.7).
         momentum_start_epoch: epoch the rise starts (1). momentum_saturate_epoch: ends (250).
         adam_betas: Adam betas when ``optimizer: adam``.
-        eval_every_n_epochs: evaluation interval at validation (0: only at test).
-        parzen_samples_per_class: generated samples per class for the Parzen window (1000).
-        parzen_sigmas: bandwidth grid (None: 10 values log-spaced over [0.1, 1]).
-        eval_n_images: real images of a split used at most (class acc, FID/KID, Parzen).
+        parzen_samples_per_class: samples per class of the Parzen-window estimate the
+            Evaluation callback computes (1000; 0: none).
         eval_seed: seed of the evaluation noise (the same z at every evaluation).
-        evaluator_checkpoint: an Evaluator checkpoint to judge classes; None = train one on
-            the real training images once and cache it.
-        evaluator_epochs: epochs of that training.
     """
 
     sample_panels_names = ("rows: z, columns: class y",)
@@ -273,13 +230,8 @@ class CGAN(ConditionalGANBase):
         momentum_start_epoch: int = 1,
         momentum_saturate_epoch: int = 250,
         adam_betas: tuple[float, float] = (0.5, 0.999),
-        eval_every_n_epochs: int = 1,
         parzen_samples_per_class: int = 1000,
-        parzen_sigmas: list[float] | None = None,
-        eval_n_images: int = 10000,
         eval_seed: int = 0,
-        evaluator_checkpoint: str | None = None,
-        evaluator_epochs: int = 8,
         channels_last: bool = False,
     ) -> None:
         super().__init__(channels_last=channels_last)
@@ -321,8 +273,6 @@ class CGAN(ConditionalGANBase):
         else:
             self.G = ConditionalConvGenerator(z_dim, n_classes, image_size, channels, ngf, output)
             self.D = ConditionalConvDiscriminator(n_classes, image_size, channels, ndf)
-        self._judge: list[ImageJudge | None] = [None]  # a list: not a submodule, not saved
-        self._real_cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     # -- the conditional nets -------------------------------------------------------------
     def one_hot(self, labels: Tensor) -> Tensor:
@@ -387,85 +337,38 @@ class CGAN(ConditionalGANBase):
         x = images * 2 - 1 if self.hparams.output == "sigmoid" else images
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
-    def evaluation_translations(self, batch: dict) -> list:
-        """For the Evaluation callback (with an ``evaluator_checkpoint``): one G(z, y) per real
-        image, labelled with that image's class."""
-        from gan_suite.eval.metrics import Translation
-
-        real, cond = self.prepare_images(batch["image"]), self.one_hot(batch["label_true"])
-        fake = self.generate(self.sample_noise(real.shape[0]), cond)
+    def evaluation_outputs(self, batch: dict) -> list[ClassSamples]:
+        """For the Evaluation callback: one G(z, y) per real image, requested for that image's
+        class (so the classes are as frequent as in the data), with seeded noise; and the
+        Parzen request of section 4.1 (``parzen_samples_per_class``)."""
+        labels = batch["label_true"]
+        real = self.prepare_images(batch["image"])
+        generator = torch.Generator().manual_seed(self.hparams.eval_seed + int(batch["index"][0]))
+        fake = self.generate(self.sample_noise(len(labels), generator), self.one_hot(labels))
+        dm = self._trainer.datamodule if self._trainer is not None else None
         return [
-            Translation(
-                "G(z,y)",
+            ClassSamples(
+                "samples",
                 self.to_display(fake),
+                labels,
                 self.to_display(real),
-                source_label=batch["label_true"],
+                labels,
+                class_names=getattr(dm, "class_names", None),
+                parzen_samples_per_class=self.hparams.parzen_samples_per_class,
             )
         ]
+
+    @torch.no_grad()
+    def sample_classes(self, labels: Tensor, seed: int, chunk: int = 500) -> Tensor:
+        """Seeded samples of the classes ``labels`` (N,), (N, 3, H, W) in [-1, 1] (Parzen)."""
+        g = torch.Generator().manual_seed(self.hparams.eval_seed + seed)
+        out = [
+            self.to_display(
+                self.generate(self.sample_noise(len(part), g), self.one_hot(part.to(self.device)))
+            )
+            for part in labels.split(chunk)
+        ]
+        return torch.cat(out).float()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         return {"fake": self(batch["label_true"]), "label": batch["label_true"]}
-
-    # -- evaluation -----------------------------------------------------------------------
-    def judge(self) -> ImageJudge:
-        """The evaluator of this data (trained on its real training images on first use)."""
-        if self._judge[0] is None:
-            dm = self.trainer.datamodule
-            evaluator = load_or_train_label_evaluator(
-                dm,
-                checkpoint=self.hparams.evaluator_checkpoint,
-                max_epochs=self.hparams.evaluator_epochs,
-            )
-            self._judge[0] = ImageJudge(evaluator.to(self.device), self.to_display)
-        return self._judge[0]
-
-    def _real(self, split: str) -> tuple[Tensor, Tensor]:
-        """(images, labels) of the first ``eval_n_images`` of ``split``, read once a run."""
-        if split not in self._real_cache:
-            dm = self.trainer.datamodule
-            dataset = dm.val_set if split == "val" else dm.test_set
-            if dataset is None:
-                dm.setup("validate" if split == "val" else "test")
-                dataset = dm.val_set if split == "val" else dm.test_set
-            n = min(self.hparams.eval_n_images, len(dataset))
-            items = [dataset[i] for i in range(n)]
-            images = torch.stack([torch.as_tensor(it["image"]) for it in items])
-            labels = torch.as_tensor([int(it["label_true"]) for it in items])
-            self._real_cache[split] = (images, labels)
-        return self._real_cache[split]
-
-    @torch.no_grad()
-    def _generate_many(self, labels: Tensor, seed: int, chunk: int = 500) -> Tensor:
-        g = torch.Generator().manual_seed(seed)
-        out = [
-            self.generate(self.sample_noise(len(part), g), self.one_hot(part.to(self.device)))
-            for part in labels.split(chunk)
-        ]
-        return torch.cat(out).float().cpu()
-
-    @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, dict]:
-        """Parzen log-likelihood, class accuracy and FID/KID on ``split`` (val or test)."""
-        hp = self.hparams
-        was_training = self.training
-        self.eval()
-        images, labels = self._real(split)
-        results = self.judge().score(
-            real=images,
-            real_labels=labels,
-            fake=self._generate_many(labels, hp.eval_seed),
-            class_names=getattr(self.trainer.datamodule, "class_names", None),
-        )
-        balanced = torch.arange(hp.n_classes).repeat_interleave(hp.parzen_samples_per_class)
-        unit = (lambda x: x) if hp.output == "sigmoid" else (lambda x: (x + 1) / 2)
-        samples = unit(self._generate_many(balanced, hp.eval_seed + 2))
-        val_images = unit(self._real("val")[0])
-        parzen = parzen_estimate(
-            samples,
-            val_images,
-            None if split == "val" else unit(images),
-            sigmas=hp.parzen_sigmas or DEFAULT_SIGMAS,
-        )
-        results["parzen_ll"] = parzen.as_metric()
-        self.train(was_training)
-        return results

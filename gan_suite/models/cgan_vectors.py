@@ -4,51 +4,22 @@ tag word vectors.
 G(z | image features) generates word vectors and D(word vector | image features) judges them,
 trained as :class:`~gan_suite.models.cgan.CGAN` (eq. 2, the same SGD schedules), on
 :class:`~datamodules.vectors.VectorDataModule` arrays. An image is tagged by
-:func:`generated_tags`: many generated vectors vote for their nearest vocabulary words.
+:func:`~gan_suite.eval.tags.generated_tags`: many generated vectors vote for their nearest
+vocabulary words.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from gan_suite.eval.protocol import TaggedVectors
 from gan_suite.models.cgan import ConditionalGANBase
 from gan_suite.nets.cgan_nets import (
     ConditionalMLPDiscriminator,
     ConditionalMLPGenerator,
     init_uniform,
 )
-
-
-@torch.no_grad()
-def generated_tags(
-    samples: Tensor, vocab_vectors: Tensor, k_nearest: int = 20, top: int = 10
-) -> tuple[Tensor, Tensor]:
-    """Section 4.2's tagging: per item, its generated word vectors vote for their
-    ``k_nearest`` vocabulary words by cosine similarity; the ``top`` most voted words win.
-
-    Args:
-        samples: (n_items, n_samples, W) generated word vectors (the paper: 100 per image).
-        vocab_vectors: (V, W).
-
-    Returns:
-        (n_items, top) word indices, most voted first (ties: lower index first), and their
-        (n_items, top) vote counts.
-    """
-    n, s, _ = samples.shape
-    k = min(k_nearest, len(vocab_vectors))
-    sims = F.normalize(samples.float(), dim=-1) @ F.normalize(vocab_vectors.float(), dim=-1).T
-    nearest = sims.topk(k, dim=-1).indices.reshape(n, s * k)  # (n, s*k)
-    votes = torch.zeros(n, len(vocab_vectors), dtype=torch.long, device=samples.device)
-    votes.scatter_add_(1, nearest, torch.ones_like(nearest))
-    # a total order: more votes first, then the lower word index
-    index = torch.arange(len(vocab_vectors), device=samples.device)
-    key = votes.double() * len(vocab_vectors) - index
-    order = key.topk(min(top, len(vocab_vectors)), dim=1).indices
-    return order, votes.gather(1, order)
 
 
 class CGANVectors(ConditionalGANBase):
@@ -58,12 +29,10 @@ class CGANVectors(ConditionalGANBase):
     that outputs the 200-d word vector. D: word vector -> 500 ReLU, features -> 1200 ReLU,
     joint maxout 1000 x 3, one logit. Training as :class:`CGAN` (same SGD schedules).
 
-    Evaluation: for each of the first ``eval_n_items`` items of the split, ``samples_per_item``
-    word vectors vote for their ``k_nearest`` words (cosine); the ``top_words`` most voted are
-    its tags (:func:`generated_tags`). Logged: ``tag_hit`` = share of items whose true word
-    (the vocabulary word nearest its real word vector) is among its tags, and ``cosine`` =
-    mean cosine similarity of a generated to the real word vector. Test also writes
-    ``tags.tsv`` (item, true word, tags with votes).
+    Evaluation (the Evaluation callback, :class:`~gan_suite.eval.tags.TagScorer`): for each
+    evaluated item ``samples_per_item`` word vectors vote for their ``k_nearest`` words
+    (cosine); the ``top_words`` most voted are its tags. Reported: ``tags/tag_hit``, the share
+    of items whose true word is among its tags, and ``tags/cosine``; test writes ``tags.tsv``.
 
     Args:
         feature_dim: F (4096: the convolutional image features). word_dim: W (200).
@@ -73,8 +42,7 @@ class CGANVectors(ConditionalGANBase):
         d_dropout (0.5), d_input_dropout (0.5): D's layers.
         g_init_range, d_init_range, optimizer, lr, lr_decay_factor, min_lr, momentum,
         final_momentum, momentum_start_epoch, momentum_saturate_epoch, adam_betas: as CGAN.
-        eval_every_n_epochs: evaluation interval at validation (0: only at test).
-        eval_n_items (100), samples_per_item (100), k_nearest (20), top_words (10), eval_seed.
+        samples_per_item (100), k_nearest (20), top_words (10), eval_seed.
     """
 
     def __init__(
@@ -103,8 +71,6 @@ class CGANVectors(ConditionalGANBase):
         momentum_start_epoch: int = 1,
         momentum_saturate_epoch: int = 250,
         adam_betas: tuple[float, float] = (0.5, 0.999),
-        eval_every_n_epochs: int = 1,
-        eval_n_items: int = 100,
         samples_per_item: int = 100,
         k_nearest: int = 20,
         top_words: int = 10,
@@ -167,43 +133,24 @@ class CGANVectors(ConditionalGANBase):
         raise NotImplementedError("CGANVectors generates word vectors: no SampleGrid")
 
     @torch.no_grad()
-    def tag(self, features: Tensor, seed: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(tag indices, votes, generated vectors (n, samples, W)) for features (n, F)."""
+    def evaluation_outputs(self, batch: dict) -> list[TaggedVectors]:
+        """For the Evaluation callback: ``samples_per_item`` generated word vectors per item
+        (seeded by the item's index), to be voted into tags (section 4.2)."""
         hp, dm = self.hparams, self.trainer.datamodule
-        g = torch.Generator().manual_seed(hp.eval_seed if seed is None else seed)
+        features, index = batch["features"], batch["index"]
+        g = torch.Generator().manual_seed(hp.eval_seed + int(index[0]))
         n, s = len(features), hp.samples_per_item
         cond = features.to(self.device).repeat_interleave(s, dim=0)  # (n*s, F)
         vectors = self.generate(self.sample_noise(n * s, g), cond).view(n, s, -1)
-        vocab = dm.vocab_vectors.to(self.device)
-        tags, votes = generated_tags(vectors, vocab, hp.k_nearest, hp.top_words)
-        return tags, votes, vectors
-
-    @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, dict]:
-        hp, dm = self.hparams, self.trainer.datamodule
-        was_training = self.training
-        self.eval()
-        feats, words = (t[: hp.eval_n_items] for t in dm.splits[split])
-        vocab = dm.vocab_vectors.to(self.device)
-        truth = (F.normalize(words.to(self.device), dim=1) @ F.normalize(vocab, dim=1).T).argmax(1)
-        tags, votes, vectors = self.tag(feats)
-        hit = (tags == truth[:, None]).any(1).float()
-        cos = F.cosine_similarity(vectors, words.to(self.device)[:, None, :], dim=-1)
-        n, info = len(feats), {"extractor": "word_vectors"}
-        results = {
-            "tag_hit": {"value": float(hit.mean()), "n_images": n, "top": hp.top_words, **info},
-            "cosine": {"value": float(cos.mean()), "n_images": n, **info},
-        }
-        self._last_tags = (truth.cpu(), tags.cpu(), votes.cpu())
-        self.train(was_training)
-        return results
-
-    def _write_reports(self, results: dict[str, dict]) -> None:
-        super()._write_reports(results)
-        words = self.trainer.datamodule.words
-        truth, tags, votes = self._last_tags
-        lines = ["item\ttrue_word\ttags (votes)"]
-        for i, (t, row, v) in enumerate(zip(truth, tags, votes)):
-            shown = ", ".join(f"{words[j]} ({c})" for j, c in zip(row.tolist(), v.tolist()))
-            lines.append(f"{i}\t{words[int(t)]}\t{shown}")
-        (Path(self.trainer.default_root_dir) / "tags.tsv").write_text("\n".join(lines) + "\n")
+        return [
+            TaggedVectors(
+                "tags",
+                vectors,
+                batch["word_vector"],
+                dm.vocab_vectors,
+                dm.words,
+                index,
+                hp.k_nearest,
+                hp.top_words,
+            )
+        ]

@@ -6,6 +6,12 @@ Per direction (paper eq. 1-4): L_CONST_A = d(G_BA(G_AB(x_A)), x_A) with a distan
 eq. 5, L_G = L_GAN_B + L_CONST_A + L_GAN_A + L_CONST_B, and the discriminators' eq. 6,
 L_D = L_D_A + L_D_B with the standard BCE GAN loss.
 
+Scale as in the official code (SKTBrain/DiscoGAN, ``discogan/image_translation.py``), whose
+images are in [0, 1] with sigmoid outputs where the suite's are in [-1, 1] with tanh: d is
+computed as if on [0, 1] images (MSE / 4; see ``discogan_reconstruction_loss``), so L_CONST
+weighs against L_GAN as there, and each discriminator's real and fake BCE terms are halved
+(``d_loss_scale`` 0.5, the official ``0.5 * BCE(real) + 0.5 * BCE(fake)``).
+
 Three options reproduce the official code's training (all off by default, the paper's text):
 ``fm_weight`` mixes a feature-matching term into the adversarial term, ``recon_weight_schedule``
 weighs reconstruction against adversarial terms by a curriculum (0.01, then 0.5 after 10k
@@ -21,13 +27,14 @@ import torch
 from torch import Tensor
 
 from gan_suite.losses import (
+    discogan_reconstruction_loss,
     discriminator_adv_loss,
     feature_matching_loss,
     generator_adv_loss,
     recon_rate_schedule,
-    reconstruction_loss,
 )
 from gan_suite.models.base import TwoDomainTranslator
+from gan_suite.models.phases import Phase
 from gan_suite.nets import init_weights
 from gan_suite.nets.dcgan import DCGANDiscriminator, EncoderDecoderGenerator
 
@@ -48,7 +55,8 @@ class DiscoGAN(TwoDomainTranslator):
         out_channels: channels of domain B images.
         ngf: generator width (first encoder conv; 64 in the paper).
         ndf: discriminator width (64 in the paper).
-        recon_distance: distance of L_CONST: ``mse`` (paper's default), ``cosine``, ``hinge``.
+        recon_distance: distance of L_CONST: ``mse`` (paper's default), ``cosine``, ``hinge``,
+            on the official [0, 1] image scale (hinge excepted: it needs signed values).
         fm_weight: official code's feature matching, w in (1 - w) * L_GAN + w * L_FM per
             direction (0: the paper's pure GAN loss; the official code uses 0.9).
         recon_weight_schedule: weigh each direction's loss as (1 - r) * L_GAN + r * L_CONST
@@ -63,6 +71,8 @@ class DiscoGAN(TwoDomainTranslator):
         lr: Adam learning rate of G and D (2e-4).
         betas: Adam betas (0.5, 0.999).
         weight_decay: Adam L2 weight decay of G and D (1e-5, official code).
+        d_loss_scale: factor on each discriminator's BCE(real) + BCE(fake) (0.5: the official
+            code's ``0.5 * BCE(real) + 0.5 * BCE(fake)``; 1 is eq. 6 as printed).
         init_type: weight initialisation (``normal`` = N(0, init_gain), the DCGAN convention).
         init_gain: standard deviation of the initial weights (0.02).
         channels_last: run the nets in channels_last memory format (faster on GPUs).
@@ -84,6 +94,7 @@ class DiscoGAN(TwoDomainTranslator):
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.5, 0.999),
         weight_decay: float = 1e-5,
+        d_loss_scale: float = 0.5,
         init_type: str = "normal",
         init_gain: float = 0.02,
         channels_last: bool = False,
@@ -97,6 +108,8 @@ class DiscoGAN(TwoDomainTranslator):
             raise ValueError(f"d_update_interval={d_update_interval}: expected an integer >= 1")
         if not 0.0 <= fm_weight <= 1.0:
             raise ValueError(f"fm_weight={fm_weight}: expected a value in [0, 1]")
+        if d_loss_scale <= 0:
+            raise ValueError(f"d_loss_scale={d_loss_scale}: expected a value > 0")
         self.save_hyperparameters()
         self.G_AB = EncoderDecoderGenerator(in_channels, out_channels, ngf)
         self.G_BA = EncoderDecoderGenerator(out_channels, in_channels, ngf)
@@ -104,32 +117,35 @@ class DiscoGAN(TwoDomainTranslator):
         self.D_B = DCGANDiscriminator(out_channels, ndf)
         for net in (self.G_AB, self.G_BA, self.D_A, self.D_B):
             init_weights(net, init_type, init_gain)
-        # training batches seen; a buffer so that it is checkpointed (global_step counts
-        # optimizer steps, which vary per batch with d_update_interval > 1)
-        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
     # -- the algorithm ------------------------------------------------------------------
+    def declare_phases(self) -> list[Phase]:
+        """Gmain and Dmain on every iteration with ``d_update_interval`` 1 (the paper);
+        otherwise the official alternation: Dmain on ``iteration % n == 0``, Gmain on the
+        others."""
+        n = self.hparams.d_update_interval
+        if n == 1:
+            return [Phase("Gmain", 0), Phase("Dmain", 1)]
+        return [Phase.except_every_nth("Gmain", 0, n), Phase("Dmain", 1, interval=n)]
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        opt_g, opt_d = self.optimizers()
-        if self.updates_generator():
+        if self.runs("Gmain"):
+            opt_g = self.phase_optimizer("Gmain")
             fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
         else:  # an official D-only iteration: this batch's translations, no G step
-            with torch.no_grad():
-                fake_A, fake_B = self.G_BA(real_B), self.G_AB(real_A)
-        if self.updates_discriminator():
+            fake_A, fake_B = self.translate_without_grad(real_A, real_B)
+        if self.runs("Dmain"):
+            opt_d = self.phase_optimizer("Dmain")
             self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
-        self.iteration += 1
 
     def updates_discriminator(self) -> bool:
         """Whether the current iteration has a D step (every ``d_update_interval``-th)."""
-        return int(self.iteration) % self.hparams.d_update_interval == 0
+        return self.runs("Dmain")
 
     def updates_generator(self) -> bool:
-        """Whether the current iteration has a G step: always with ``d_update_interval`` 1
-        (the paper); otherwise on the iterations without a D step, as the official code
-        alternates (``iters % update_interval == 0``: D, else G)."""
-        return self.hparams.d_update_interval == 1 or not self.updates_discriminator()
+        """Whether the current iteration has a G step."""
+        return self.runs("Gmain")
 
     def current_recon_rate(self) -> float | None:
         """The curriculum's reconstruction weight r now, or None when the schedule is off."""
@@ -141,11 +157,12 @@ class DiscoGAN(TwoDomainTranslator):
         )
 
     def _recon_terms(self, real_A: Tensor, real_B: Tensor, out: dict[str, Tensor]) -> dict:
-        """L_CONST_A and L_CONST_B (paper eq. 2 and its mirror), unweighted."""
+        """L_CONST_A and L_CONST_B (paper eq. 2 and its mirror), unweighted, on the official
+        code's [0, 1] image scale (:func:`~gan_suite.losses.discogan_reconstruction_loss`)."""
         d = self.hparams.recon_distance
         return {
-            "recon_A": reconstruction_loss(out["rec_A"], real_A, d),
-            "recon_B": reconstruction_loss(out["rec_B"], real_B, d),
+            "recon_A": discogan_reconstruction_loss(out["rec_A"], real_A, d),
+            "recon_B": discogan_reconstruction_loss(out["rec_B"], real_B, d),
         }
 
     def _adversarial_terms(self, D, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
@@ -190,11 +207,15 @@ class DiscoGAN(TwoDomainTranslator):
         return out["fake_A"].detach(), out["fake_B"].detach()
 
     def _discriminator_step(self, opt_d, real_A, real_B, fake_A, fake_B) -> None:
-        """D_A and D_B (disjoint parameters, one optimizer): eq. 6 with BCE on logits."""
+        """D_A and D_B (disjoint parameters, one optimizer): eq. 6 with BCE on logits, each
+        discriminator's sum of real and fake terms times ``d_loss_scale`` (official: 0.5)."""
+        scale = self.hparams.d_loss_scale
         with self.toggled_optimizer(opt_d):
             terms = {
-                "d_A": discriminator_adv_loss(self.D_A(real_A)[0], self.D_A(fake_A)[0], "vanilla"),
-                "d_B": discriminator_adv_loss(self.D_B(real_B)[0], self.D_B(fake_B)[0], "vanilla"),
+                "d_A": discriminator_adv_loss(self.D_A(real_A)[0], self.D_A(fake_A)[0], "vanilla")
+                * scale,
+                "d_B": discriminator_adv_loss(self.D_B(real_B)[0], self.D_B(fake_B)[0], "vanilla")
+                * scale,
             }
             terms["d_loss"] = terms["d_A"] + terms["d_B"]
             self.log_terms("train", terms, prog_bar=("d_loss",))

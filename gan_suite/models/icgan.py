@@ -17,66 +17,31 @@ Multi-GPU:   gan-suite fit --config experiments/icgan.yaml --config experiments/
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from gan_suite.callbacks.evaluation import _EvaluatorFeatures
-from gan_suite.eval.instance_scores import InstanceScores
+from gan_suite.eval.features import EvaluatorFeatures
+from gan_suite.eval.judge import resolve_evaluator
 from gan_suite.eval.neighbours import (
-    extract_features,
-    knn_cosine,
     knn_cosine_query,
     load_resnet50_features,
 )
+from gan_suite.eval.protocol import InstanceSamples
 from gan_suite.losses import discriminator_adv_loss, generator_adv_loss
 from gan_suite.models.base import GANModule
+from gan_suite.models.phases import Phase
 from gan_suite.nets.biggan import BigGANDiscriminator, BigGANGenerator
 
 FEATURE_EXTRACTORS = {"evaluator": 128, "resnet50": 2048}  # name -> default feature size
-
-
-def _unaugmented_train_set(dm):
-    """The training items without random flips: features describe the stored image."""
-    from datamodules.labelled_data import LabelledDataset, LabelledTransform
-
-    ds = dm.train_set
-    if isinstance(ds, LabelledDataset) and hasattr(dm, "normalize"):
-        tf = LabelledTransform(
-            dm.image_size, flip=False, train=False, channels=dm.channels, normalize=dm.normalize
-        )
-        return LabelledDataset(ds.split, tf, ds.labelled)
-    return ds
-
-
-def _evaluator_for(dm, checkpoint: str | None):
-    """The suite's Evaluator: from ``checkpoint``; the cached one of the shapes data; for
-    other class-labelled data (digits, MNIST, class folders) the cached class evaluator
-    trained on its real training images (width 32: 128-d features, ``feature_dim``'s
-    default); else None."""
-    from gan_suite.eval.evaluator import load_evaluator, load_or_train_evaluator
-    from gan_suite.eval.judge import load_or_train_label_evaluator
-
-    if checkpoint:
-        return load_evaluator(checkpoint)
-    if getattr(dm, "source", None) != "shapes":
-        if getattr(dm, "label_kind", None) == "class":
-            return load_or_train_label_evaluator(dm, width=32)
-        return None
-    if dm.data_dir:
-        return load_or_train_evaluator(dm.data_dir)
-    embedded = dict(dm.embedded)
-    return load_or_train_evaluator(None, data_seed=embedded.pop("seed", 0), **embedded)
 
 
 class ICGAN(GANModule):
     """IC-GAN with a BigGAN backbone, hinge loss, EMA generator; manual optimisation.
 
     Args:
-        image_size: generated side, 32, 64 (the paper's ImageNet 64x64 setting) or 128.
+        image_size: generated side, 32, 64 (the paper's ImageNet 64x64 setting), 128 or 256.
         z_dim: latent size (120), split hierarchically over G's blocks.
         g_ch: G width multiplier (64). d_ch: D width multiplier (64).
         feature_embed_dim: G's shared linear embedding of h (512, ``shared_dim_feat``).
@@ -93,7 +58,8 @@ class ICGAN(GANModule):
             class labels a class evaluator trained on its training images; trained on first
             use).
         k: neighbourhood size (50 on ImageNet).
-        include_self: whether x_i belongs to its own neighbourhood A_i (yes, as in the paper).
+        include_self: whether x_i belongs to its own neighbourhood A_i (no: the official code
+            searches k + 1 neighbours and drops the instance itself).
         nn_chunk_size: block side of the exact k-NN search (memory chunk_size^2 floats).
         feature_batch_size: images per forward of the one-time feature pass.
         feature_cache: ``.pt`` file for the features and neighbours of the training set
@@ -103,7 +69,8 @@ class ICGAN(GANModule):
         betas: Adam betas ((0, 0.999), BigGAN). adam_eps: Adam epsilon (1e-6, BigGAN).
         n_d_steps: D steps per G step (1), each with freshly sampled neighbours.
         ema_decay: decay of the EMA copy of G used for sampling/evaluation (0.9999; 0 = off).
-        ema_start: G steps before the EMA starts averaging (it copies G until then).
+        ema_start: G steps before the EMA starts averaging (it copies G until then; 20,000,
+            the official ``--ema_start`` default).
         eval_samples_per_instance: samples per conditioning image at validation/test.
         n_sample_columns: samples per row of the sample grid.
         channels_last: run the nets in channels_last memory format.
@@ -125,7 +92,7 @@ class ICGAN(GANModule):
         feature_dim: int | None = None,
         evaluator_checkpoint: str | None = None,
         k: int = 50,
-        include_self: bool = True,
+        include_self: bool = False,
         nn_chunk_size: int = 4096,
         feature_batch_size: int = 256,
         feature_cache: str | None = None,
@@ -136,7 +103,7 @@ class ICGAN(GANModule):
         adam_eps: float = 1e-6,
         n_d_steps: int = 1,
         ema_decay: float = 0.9999,
-        ema_start: int = 0,
+        ema_start: int = 20_000,
         eval_samples_per_instance: int = 1,
         n_sample_columns: int = 5,
         channels_last: bool = False,
@@ -157,11 +124,9 @@ class ICGAN(GANModule):
         # A registered submodule: the EMA weights are saved in (and restored from) checkpoints
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if ema_decay > 0 else None
         # Frozen helpers kept out of the state dict (object.__setattr__ skips registration)
-        for name in ("_extractor", "_evaluator", "instance_features", "neighbours"):
+        for name in ("_extractor", "_evaluator", "instance_features"):
             object.__setattr__(self, name, None)
-        object.__setattr__(self, "_scores", {})
         self.train_labels: Tensor | None = None
-        self._real_set = None
 
     # -- the condition h ----------------------------------------------------------------
     def set_feature_extractor(self, net: torch.nn.Module) -> None:
@@ -175,7 +140,7 @@ class ICGAN(GANModule):
     def evaluator(self):
         """The suite's Evaluator for metrics (None where the data has none)."""
         if self._evaluator is None:
-            ev = _evaluator_for(self._datamodule(), self.hparams.evaluator_checkpoint)
+            ev = resolve_evaluator(self._datamodule(), self.hparams.evaluator_checkpoint)
             object.__setattr__(self, "_evaluator", ev)
         return None if self._evaluator is None else self._evaluator.to(self.device)
 
@@ -192,7 +157,7 @@ class ICGAN(GANModule):
                         "embedded shapes or digits, MNIST, class folders) or "
                         "evaluator_checkpoint=...; or use feature_extractor='resnet50'"
                     )
-                net = _EvaluatorFeatures(ev)
+                net = EvaluatorFeatures(ev)
             self.set_feature_extractor(net)
         return self._extractor.to(self.device)
 
@@ -207,91 +172,49 @@ class ICGAN(GANModule):
             )
         return h
 
-    def prepare_instances(self, datamodule) -> None:
-        """Features of every training instance and their k-NN, once (or from the cache)."""
-        dataset = _unaugmented_train_set(datamodule)
-        hp, cache = self.hparams, self._cache_path()
-        key = {
-            "n": len(dataset),
-            # which data: a user cache path must not be reused for another dataset of size n
-            "data": repr(
-                [getattr(datamodule, a, None) for a in ("source", "data_dir", "embedded")]
-            ),
-            "extractor": hp.feature_extractor,
-            "dim": hp.feature_dim,
-            "k": hp.k,
-            "include_self": hp.include_self,
-        }
-        stored = torch.load(cache, weights_only=True) if cache and cache.is_file() else None
-        if stored is not None and stored["key"] == key:
-            feats, labels, nn_idx = stored["features"], stored["labels"], stored["neighbours"]
-        else:
-            feats, labels = extract_features(
-                self.feature_net(), dataset, hp.feature_batch_size, self.device
-            )
-            self.embed_instances(dataset[0]["image"][None])  # checks feature_dim
-            nn_idx = knn_cosine(
-                feats,
-                hp.k,
-                chunk_size=hp.nn_chunk_size,
-                include_self=hp.include_self,
-                normalized=True,
-            )
-            if cache is not None and self.global_rank == 0:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(
-                    {
-                        "key": key,
-                        "features": feats.cpu(),
-                        "labels": labels,
-                        "neighbours": nn_idx.cpu(),
-                    },
-                    cache,
-                )
-        object.__setattr__(self, "instance_features", feats.to(self.device))
-        object.__setattr__(self, "neighbours", nn_idx.cpu())
-        self.train_labels, self._real_set = labels, datamodule.train_set
-        rank_zero_info(f"IC-GAN: {len(dataset)} instances, {hp.k}-NN neighbourhoods ready")
-
-    def _cache_path(self) -> Path | None:
-        cache = self.hparams.feature_cache
-        if cache == "auto":
-            return Path(self.trainer.default_root_dir) / "instance_features.pt"
-        return Path(cache) if cache else None
+    def set_instances(self, features: Tensor, labels: Tensor) -> None:
+        """The training instances' features h (N, feature_dim) and labels (N,), -1 where
+        hidden (set by :class:`~gan_suite.callbacks.InstanceNeighbourhoods`): the evaluation
+        searches the neighbourhoods of held-out images among them."""
+        object.__setattr__(self, "instance_features", features.to(self.device))
+        self.train_labels = labels.cpu()
 
     def on_fit_start(self) -> None:
-        self.prepare_instances(self.trainer.datamodule)
-
-    def sample_neighbours(self, instances: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
-        """For each instance i draw j uniformly from A_i: returns (x_j, y_j or None, j)."""
-        row = torch.randint(0, self.neighbours.shape[1], (len(instances),))
-        j = self.neighbours[instances.cpu(), row]
-        items = [self._real_set[int(t)] for t in j]
-        images = torch.stack([it["image"] for it in items]).to(self.device)
-        labels = None
-        if self.hparams.n_classes > 0:
-            labels = torch.as_tensor([int(it["label"]) for it in items], device=self.device)
-            if (labels < 0).any():
-                raise ValueError(
-                    "class-conditional IC-GAN (n_classes > 0) needs labelled data: "
-                    "a neighbour has no label (data.labelled_fraction < 1?)"
-                )
-        return self.prepare_images(images), labels, j
+        if self.instance_features is None:
+            raise ValueError(
+                "IC-GAN trains on instances and their neighbourhoods: add "
+                "gan_suite.callbacks.InstanceNeighbourhoods to trainer.callbacks (as "
+                "experiments/icgan.yaml does)"
+            )
 
     # -- the algorithm (eq. 2) ----------------------------------------------------------
     def sample_z(self, n: int) -> Tensor:
         return torch.randn(n, self.hparams.z_dim, device=self.device)
 
+    def declare_phases(self) -> list[Phase]:
+        """Every iteration: ``n_d_steps`` D steps (Dmain), then one G step (Gmain)."""
+        return [Phase("Dmain", 1, repeats=self.hparams.n_d_steps), Phase("Gmain", 0)]
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()
-        # the shuffled loader samples the instances i uniformly; their images are not used
-        instances = batch["index"]
-        h = self.instance_features[instances.to(self.instance_features.device)]
-        for _ in range(self.hparams.n_d_steps):
-            real, y, _ = self.sample_neighbours(instances)
-            self._discriminator_step(opt_d, real, h, y)
-        self._generator_step(opt_g, h, y)
-        self.update_ema()
+        # instances i sampled uniformly by the shuffled loader, with their features h_i and
+        # n_d_steps neighbours x_j, j ~ U(A_i), drawn by the loader workers
+        h = batch["instance_features"]  # (B, feature_dim)
+        neighbours = self.prepare_images(batch["image"].flatten(0, 1)).unflatten(0, (len(h), -1))
+        labels = batch["label"] if self.hparams.n_classes > 0 else None  # (B, n_d_steps)
+        if labels is not None and bool((labels < 0).any()):
+            raise ValueError(
+                "class-conditional IC-GAN (n_classes > 0) needs labelled data: a neighbour "
+                "has no label (data.labelled_fraction < 1?)"
+            )
+        y = None
+        if self.runs("Dmain"):
+            for r in range(self.phases["Dmain"].repeats):
+                y = None if labels is None else labels[:, r]
+                self._discriminator_step(self.phase_optimizer("Dmain"), neighbours[:, r], h, y)
+        if self.runs("Gmain"):
+            y = None if labels is None else labels[:, -1]
+            self._generator_step(self.phase_optimizer("Gmain"), h, y)
+            self.update_ema()
 
     def _discriminator_step(self, opt_d, real: Tensor, h: Tensor, y: Tensor | None) -> None:
         """Hinge loss on (x_j, h_i) real and (G(z, h_i), h_i) fake, G fixed."""
@@ -320,7 +243,7 @@ class ICGAN(GANModule):
         buffers (BN statistics, spectral-norm vectors) are copied."""
         if self.G_ema is None:
             return
-        g_steps = self.global_step // (1 + self.hparams.n_d_steps)
+        g_steps = int(self.iteration)  # one G step per iteration
         decay = self.hparams.ema_decay if g_steps >= self.hparams.ema_start else 0.0
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
             p_ema.lerp_(p, 1.0 - decay)
@@ -369,92 +292,42 @@ class ICGAN(GANModule):
     def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self.generate_from_image(batch["image"], 1, self._labels_of(batch))[:, 0]
 
-    # -- evaluation ---------------------------------------------------------------------
-    def _stage_scores(self, stage: str) -> InstanceScores | None:
-        """FID/KID (evaluator features) and class-agreement counters of one stage."""
-        if stage not in self._scores:
-            from gan_suite.eval.features import make_feature_extractor
-
-            ev = self.evaluator()
-            if ev is None:
-                rank_zero_warn(
-                    "IC-GAN: no evaluator for this data (evaluator_checkpoint=...): "
-                    "no FID or class agreement"
-                )
-                self._scores[stage] = None
-            else:
-                net = make_feature_extractor(
-                    "evaluator", _EvaluatorFeatures(ev), None, ev.num_features
-                )
-                self._scores[stage] = InstanceScores(ev, net)
-        scores = self._scores[stage]
-        return None if scores is None else scores.to(self.device)
-
+    # -- evaluation (the Evaluation callback scores these) ---------------------------------
     @torch.no_grad()
-    def _eval_step(self, batch: dict, stage: str) -> None:
-        """Condition on held-out images: FID/KID of the samples against those images, and the
-        share of samples whose evaluator class is the instance's class."""
-        scores = None if self.trainer.sanity_checking else self._stage_scores(stage)
-        if scores is None:
-            return
+    def evaluation_outputs(self, batch: dict) -> list[InstanceSamples]:
+        """Held-out images as instances: ``eval_samples_per_instance`` samples G(z, h(x))
+        each; the same number conditioned on another instance of the batch (rolled by one:
+        the chance level); and the classes of each instance's k nearest training instances
+        (the neighbourhoods' own class purity: the ceiling)."""
         n = self.hparams.eval_samples_per_instance
         images, labels = batch["image"], self._labels_of(batch)
         h = self.embed_instances(images)
         fakes = self.generate(h, n, labels).flatten(0, 1)  # (B * n, 3, S, S)
-        target = scores.update(images, fakes, batch.get("label_true"), n)
-        if stage != "test":
-            return
-        # chance level: samples conditioned on another instance (the batch rolled by one)
         other_labels = None if labels is None else labels.roll(1, 0)
         others = self.generate(h.roll(1, 0), n, other_labels).flatten(0, 1)
-        scores.update_other_instance(others, target, n)
-        # how class-pure the feature neighbourhoods themselves are (the data's ceiling)
-        if self.instance_features is not None and (self.train_labels >= 0).all():
+        neighbour_labels = None
+        known = self.train_labels is not None and bool((self.train_labels >= 0).all())
+        if self.instance_features is not None and known:
             nn_idx = knn_cosine_query(h, self.instance_features, self.hparams.k).cpu()
-            scores.update_purity(self.train_labels[nn_idx] == target.cpu()[:, None])
-
-    def _compute(self, stage: str) -> dict[str, dict]:
-        scores, hp = self._scores.get(stage), self.hparams
-        if scores is None:
-            return {}
-        return scores.compute(stage == "test", extractor=hp.feature_extractor, k=hp.k)
+            neighbour_labels = self.train_labels[nn_idx]
+        true = batch.get("label_true")
+        return [
+            InstanceSamples(
+                "samples",
+                fakes,
+                images,
+                n,
+                instance_labels=true if true is not None and true.dim() == 1 else None,
+                other_output=others,
+                neighbour_labels=neighbour_labels,
+            )
+        ]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        """Nothing per batch: the Evaluation callback runs its own loop."""
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        for key, info in self._compute("val").items():
-            self.log(f"val/{key}", float(info["value"]), rank_zero_only=True)
-
-    def on_test_epoch_end(self) -> None:
-        results = self._compute("test")
-        for key, info in results.items():
-            self.log(f"test/{key}", float(info["value"]), rank_zero_only=True)
-        if results and self.trainer.is_global_zero:
-            self._write_reports(results)
-
-    def _write_reports(self, results: dict[str, dict]) -> None:
-        """metrics.json (the Evaluation callback's schema) and report.html in the run dir."""
-        from gan_suite.eval.report import write_run_reports
-
-        dm, hp = self._datamodule(), self.hparams
-        report = write_run_reports(
-            self.trainer,
-            results,
-            model=type(self).__name__,
-            dataset=str(getattr(dm, "data_dir", None) or getattr(dm, "source", "")),
-            extra={
-                "feature_extractor": hp.feature_extractor,
-                "k": hp.k,
-                "epoch": self.current_epoch,
-                "global_step": self.global_step,
-            },
-            print_table=False,
-        )
-        rank_zero_info(f"IC-GAN report: {report}")
+        """Nothing per batch: the Evaluation callback runs its own loop."""
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -4,14 +4,28 @@ Full objective: L_LSGAN + alpha * L_cyc + beta * L_S with L_S = L_cc + L_dc, whe
 multi-task network S on 3 x 3 grid patches of an image and its translation learns content
 registration (L_cc, the L2 between content attention maps of same-position patches) and a
 3-way domain classification of patch pairs (L_dc over {D1, D2, C}). CycleGAN's generators,
-discriminators, adversarial, cycle and identity terms are inherited from ``CycleGAN``.
+discriminators, adversarial and cycle terms are inherited from ``CycleGAN``; the paper's
+objective has no identity term and applies S to the source -> target direction (the
+defaults); CycleGAN's identity term and S on both directions remain options.
+
+Content registration: minimising L_cc alone lets S output constant attention maps (L_cc = 0
+for any G, so G gets no content signal from S). The paper supervises registration by the
+relative position of the patches (C1 agree, C2 do not); S therefore also minimises, in Smain
+only, a registration loss L_reg on the maps of all grid positions (each source patch must
+find its same-position translated patch, ``content_registration_loss``): constant maps cost
+S log K. G's L_S is the paper's L_cc (C1 pairs) + L_dc.
 
 One training step (manual optimisation, three optimizers over disjoint parameters):
 
     Gmain  G_AB, G_BA <- adversarial + cycle (+ identity) + beta * L_S     (S, D frozen;
            the gradient of L_S reaches G through S and the translated patches)
-    Smain  S <- L_S on pairs from real images and their detached translations
+    Smain  S <- L_S + registration_weight * L_reg on real images and detached translations
     Dmain  D_A, D_B <- CycleGAN's LSGAN losses on history-buffer fakes
+
+Logged per step (``train/...``): ``cc_same`` and ``cc_different``, the mean map distance of
+same- and different-position patches (cc_different >> cc_same: L_cc is informative),
+``reg_acc`` (share of source patches whose nearest translated map is at their position; chance
+1 / K), ``l_reg`` and S's objective ``s_loss``.
 
 One device:  gan-suite fit --config experiments/opgan.yaml --data.data_dir DATA
 Multi-GPU:   gan-suite fit --config experiments/opgan.yaml --config experiments/presets/ddp.yaml
@@ -26,10 +40,13 @@ from torch import Tensor
 
 from gan_suite.losses import (
     content_consistency_loss,
+    content_registration_loss,
     domain_classification_loss,
     linear_decay_factor,
+    patch_map_distances,
 )
 from gan_suite.models.cyclegan import CycleGAN
+from gan_suite.models.phases import Phase
 from gan_suite.nets import init_weights
 from gan_suite.nets.siamese import D1, D2, SiameseNet, grid_patches, sample_patch_pairs
 
@@ -42,15 +59,20 @@ class OPGAN(CycleGAN):
     S is trained with the generators (Gmain) and alone (Smain); every argument of
     :class:`~gan_suite.models.cyclegan.CycleGAN` is accepted too.
 
-    Choices where the paper is open (each configurable):
+    Choices where the paper is open (each configurable; no official code is published):
 
-    * S in both directions, one shared S: pairs are drawn from (real A, G_AB(A)) and from
-      (real B, G_BA(B)) and L_S is the sum of the two. Labels are by *domain* so that one S is
+    * S on the paper's source -> target direction, pairs from (real A, G_AB(A)) (default).
+      ``siamese_directions: [AtoB, BtoA]`` adds (real B, G_BA(B)) with one shared S and sums
+      the two L_S (doubling beta in effect). Labels are by *domain* so that one S is
       consistent across directions: A -> B pairs keep D1 = both source (domain A), D2 = both
       translated (domain B); for B -> A pairs D1/D2 are swapped (both B = "D2", both A =
       "D1"). A fake B is then classified with real B patches, so G minimising L_dc pulls its
-      translations towards the target domain. ``siamese_directions: [AtoB]`` keeps only the
-      paper's source -> target direction.
+      translations towards the target domain.
+    * No identity term (the paper's objective); ``identity_weight`` 0.5 adds CycleGAN's.
+    * S's content registration (module docstring): ``registration_weight`` (1) on L_reg,
+      which scores the maps' distances with a fixed ``registration_scale`` (50) so that maps
+      of different positions must differ by an absolute margin; 0 is the paper's text taken
+      literally (S's maps may collapse to constants).
     * ``pairs_per_image`` pairs per image and direction (6), split into D1/D2/C by
       ``class_weights`` (equal: 2 + 2 + 2), ``c1_fraction`` of the batch's C pairs at the same
       grid position (0.5). D1/D2 pairs use two different positions.
@@ -63,9 +85,6 @@ class OPGAN(CycleGAN):
     * S is trained on current translations, not on the history buffer (the buffer is the
       discriminators' device against oscillation; S classifies pairs of one step's images).
 
-    Note: minimising L_cc alone admits constant attention maps; S's content branch is shaped
-    only through the encoder trunk it shares with the domain branch, as in the paper.
-
     Args:
         siamese_weight: beta, the weight of L_S = L_cc + L_dc in G's objective (1).
         siamese_width: filters of the first conv of S's encoder (64).
@@ -77,7 +96,12 @@ class OPGAN(CycleGAN):
         class_weights: relative numbers of D1, D2 and C pairs ([1, 1, 1] = balanced).
         c1_fraction: share of the C pairs taken at the same grid position (C1) (0.5).
         cc_all_positions: Gmain's L_cc on all same-position pairs instead of the sampled C1 pairs.
-        siamese_directions: translation directions S is applied to (``AtoB``, ``BtoA``), summed.
+        siamese_directions: translation directions S is applied to (``AtoB``, ``BtoA``), summed
+            (the paper: ``AtoB``, source -> target).
+        identity_weight: CycleGAN's identity term as a fraction of alpha (0: the paper's
+            objective has none).
+        registration_weight: weight of S's content-registration loss L_reg in Smain (1).
+        registration_scale: s in L_reg's softmax over -s * d (50; d is L_cc's distance).
         siamese_lr: Adam learning rate of S (2e-4; same betas and LR schedule as G and D).
         pair_seed: seed of the pair sampling generator (offset by the global rank).
         **kwargs: CycleGAN's arguments (ngf, n_blocks, ndf, cycle_weight_A = alpha, ...).
@@ -95,13 +119,21 @@ class OPGAN(CycleGAN):
         class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         c1_fraction: float = 0.5,
         cc_all_positions: bool = False,
-        siamese_directions: tuple[str, ...] = DIRECTIONS,
+        siamese_directions: tuple[str, ...] = ("AtoB",),
+        identity_weight: float = 0.0,
+        registration_weight: float = 1.0,
+        registration_scale: float = 50.0,
         siamese_lr: float = 2e-4,
         pair_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(identity_weight=identity_weight, **kwargs)
         self.save_hyperparameters()
+        if registration_weight < 0 or registration_scale <= 0:
+            raise ValueError(
+                f"registration_weight={registration_weight}, registration_scale="
+                f"{registration_scale}: expected a weight >= 0 and a scale > 0"
+            )
         unknown = set(siamese_directions) - set(DIRECTIONS)
         if unknown or not siamese_directions:
             raise ValueError(
@@ -125,26 +157,48 @@ class OPGAN(CycleGAN):
         self.pair_generator.manual_seed(self.hparams.pair_seed + rank)
 
     # -- the algorithm ------------------------------------------------------------------
+    def declare_phases(self) -> list[Phase]:
+        """Every iteration, in this order: Gmain, Smain, Dmain (module docstring)."""
+        return [Phase("Gmain", 0), Phase("Smain", 2), Phase("Dmain", 1)]
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        opt_g, opt_d, opt_s = self.optimizers()
-        fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
-        self._siamese_step(opt_s, real_A, real_B, fake_A, fake_B)
-        self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)
+        if self.runs("Gmain"):
+            opt_g = self.phase_optimizer("Gmain")
+            fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
+        else:
+            fake_A, fake_B = self.translate_without_grad(real_A, real_B)
+        if self.runs("Smain"):
+            self._siamese_step(self.phase_optimizer("Smain"), real_A, real_B, fake_A, fake_B)
+        if self.runs("Dmain"):
+            self._discriminator_step(self.phase_optimizer("Dmain"), real_A, real_B, fake_A, fake_B)
 
     def siamese_terms(
-        self, real_A: Tensor, real_B: Tensor, fake_A: Tensor, fake_B: Tensor, dense_cc: bool = False
+        self,
+        real_A: Tensor,
+        real_B: Tensor,
+        fake_A: Tensor,
+        fake_B: Tensor,
+        dense_cc: bool = False,
+        registration: bool = False,
     ) -> dict[str, Tensor]:
         """L_S = L_cc + L_dc summed over ``siamese_directions``, and S's pair accuracy.
 
-        ``fake_B = G_AB(real_A)``, ``fake_A = G_BA(real_B)``. ``dense_cc``: L_cc on all
-        same-position pairs rather than on the sampled C1 pairs.
+        ``fake_B = G_AB(real_A)``, ``fake_A = G_BA(real_B)``, images ``(B, C, H, W)``.
+        ``dense_cc``: L_cc on all same-position pairs rather than on the sampled C1 pairs.
+        ``registration``: also S's registration loss ``l_reg`` (summed over the directions)
+        and its diagnostics ``cc_same``, ``cc_different``, ``reg_acc`` (averaged), see
+        :meth:`registration_terms`.
         """
         hp = self.hparams
         sources = {"AtoB": (real_A, fake_B), "BtoA": (real_B, fake_A)}
         l_cc, l_dc, correct, count = [], [], 0.0, 0
+        registered: list[dict[str, Tensor]] = []
         for direction in hp.siamese_directions:
             source, translated = (grid_patches(x, hp.grid) for x in sources[direction])
+            if registration:  # no graph when S does not train on it (weight 0: diagnostics)
+                with torch.set_grad_enabled(torch.is_grad_enabled() and hp.registration_weight > 0):
+                    registered.append(self.registration_terms(source, translated))
             pairs = sample_patch_pairs(
                 source,
                 translated,
@@ -169,6 +223,45 @@ class OPGAN(CycleGAN):
         terms = {"l_cc": sum(l_cc), "l_dc": sum(l_dc)}
         terms["l_s"] = terms["l_cc"] + terms["l_dc"]
         terms["s_acc"] = (correct / count).detach()
+        if registered:
+            terms["l_reg"] = sum(r["l_reg"] for r in registered)
+            for name in ("cc_same", "cc_different", "reg_acc"):
+                terms[name] = torch.stack([r[name] for r in registered]).mean()
+        return terms
+
+    def registration_terms(self, source: Tensor, translated: Tensor) -> dict[str, Tensor]:
+        """S's content registration on every grid position of one direction.
+
+        ``source``, ``translated``: ``(B, K, C, h, w)`` grid patches of the source images and
+        of their translations. Returns ``l_reg`` (:func:`content_registration_loss` on the
+        ``(B, K, K)`` map distances of :func:`patch_map_distances`), ``cc_same`` / ``cc_different``
+        (mean distance of same- / different-position maps, detached) and ``reg_acc`` (share of
+        source patches whose nearest translated map is at their own position; 1 / K by chance).
+        """
+        b, k = source.shape[:2]
+        att, _ = self.S.encode(torch.cat([source, translated]).flatten(0, 1))  # (2BK, 1, h, w)
+        att = att.unflatten(0, (2, b, k))
+        dist = patch_map_distances(att[0], att[1])  # (B, K, K)
+        same = torch.eye(k, dtype=torch.bool, device=dist.device).expand(b, k, k)
+        position = torch.arange(k, device=dist.device)
+        return {
+            "l_reg": content_registration_loss(dist, self.hparams.registration_scale),
+            "cc_same": dist[same].mean().detach(),
+            "cc_different": dist[~same].mean().detach(),
+            "reg_acc": (dist.argmin(dim=2) == position).float().mean(),
+        }
+
+    def siamese_objective(
+        self, real_A: Tensor, real_B: Tensor, fake_A: Tensor, fake_B: Tensor
+    ) -> dict[str, Tensor]:
+        """Smain's terms: the paper's L_S plus ``registration_weight`` * L_reg as ``s_loss``.
+
+        With ``registration_weight`` 0 the registration diagnostics are still computed (without
+        a graph), so a run on the paper's literal objective shows whether its maps collapse.
+        """
+        weight = self.hparams.registration_weight
+        terms = self.siamese_terms(real_A, real_B, fake_A, fake_B, registration=True)
+        terms["s_loss"] = terms["l_s"] + weight * terms["l_reg"] if weight > 0 else terms["l_s"]
         return terms
 
     def extra_generator_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict:
@@ -185,17 +278,20 @@ class OPGAN(CycleGAN):
         }
 
     def _siamese_step(self, opt_s, real_A, real_B, fake_A, fake_B) -> None:
-        """Smain: S alone on L_S = L_cc + L_dc, G fixed (``fake_*`` are detached)."""
+        """Smain: S alone on L_S + registration_weight * L_reg, G fixed (``fake_*`` are
+        detached)."""
         with self.toggled_optimizer(opt_s):
-            terms = self.siamese_terms(real_A, real_B, fake_A.detach(), fake_B.detach())
-            self.log_terms("train", terms, prog_bar=("s_acc",))
-            self.backward_and_step(opt_s, terms["l_s"])
+            terms = self.siamese_objective(real_A, real_B, fake_A.detach(), fake_B.detach())
+            self.log_terms("train", terms, prog_bar=("s_acc", "reg_acc"))
+            self.backward_and_step(opt_s, terms["s_loss"])
 
     # -- checkpoints: the pair sampler's position survives a resume -----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["opgan_pair_generator"] = self.pair_generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         if "opgan_pair_generator" in checkpoint:
             self.pair_generator.set_state(checkpoint["opgan_pair_generator"])
 

@@ -9,7 +9,8 @@ patches are drawn in three classes
 
 and a weight-sharing encoder embeds each patch into content features c and domain features d.
 The content-registration branch maps c to a 1-channel attention map (compared on C1 pairs by
-L_cc), the domain-classification branch classifies the concatenated (d_1, d_2) into {D1, D2, C}
+L_cc; S learns to register with it: same-position maps agree, different-position maps differ),
+the domain-classification branch classifies the concatenated (d_1, d_2) into {D1, D2, C}
 (L_dc). Plain torch modules: the losses live in ``gan_suite.losses``, the training order in
 ``gan_suite.models.opgan``.
 """
@@ -224,7 +225,9 @@ class SiameseNet(nn.Module):
 
     ``forward(first, second)`` returns ``(att_1, att_2, logits)``: attention maps
     ``(P, 1, h, w)`` in [0, 1], bilinearly resized to the patch size, and the 3-way logits
-    ``(P, 3)`` over {D1, D2, C}.
+    ``(P, 3)`` over {D1, D2, C}. :meth:`encode` gives one patch's maps and domain features, which
+    the content-registration objective (``gan_suite.losses.content_registration_loss``) uses
+    on every grid position at once.
     """
 
     def __init__(
@@ -253,10 +256,18 @@ class SiameseNet(nn.Module):
         att = torch.sigmoid(self.attention(content))  # (P, 1, h', w') in [0, 1]
         return F.interpolate(att, size=size, mode="bilinear", align_corners=False)
 
+    def encode(self, patches: Tensor) -> tuple[Tensor, Tensor]:
+        """One branch of S on a batch of patches.
+
+        ``(P, C, h, w) -> (att, d)``: the content attention maps ``(P, 1, h, w)`` in [0, 1]
+        (resized to the patch size) and the domain features ``d`` ``(P, F, h', w')``.
+        """
+        content, domain = self.encoder(patches)
+        return self.attention_map(content, tuple(patches.shape[-2:])), domain
+
     def forward(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        p, size = first.shape[0], first.shape[-2:]
+        p = first.shape[0]
         # one encoder pass over both patches = the two weight-sharing branches
-        content, domain = self.encoder(torch.cat([first, second]))
-        att = self.attention_map(content, tuple(size))
+        att, domain = self.encode(torch.cat([first, second]))
         logits = self.domain_head(torch.cat([domain[:p], domain[p:]], dim=1))  # (P, 2F, h', w')
         return att[:p], att[p:], logits

@@ -1,26 +1,21 @@
-"""The suite's on-disk cache: where it lives and how it is written safely.
+"""The suite's on-disk cache: where it lives and how its files are written safely.
 
 Cached artefacts (trained evaluators, the embedded datasets, decompressed MNIST files) live
 under :func:`default_cache_root`. Several processes may fill the cache at once (DDP ranks,
 parallel jobs): :func:`file_lock` lets the first do the work while the others wait, and
-:func:`atomic_write` publishes each file in one step. :func:`seeded` and :func:`quiet` keep a
-cached training run reproducible and silent without touching the caller's RNG or log levels.
+:func:`atomic_write` publishes each file in one step. Run outputs (``metrics.json``) are
+written with the same :func:`atomic_write`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
-import random
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 
 def default_cache_root() -> Path:
@@ -41,41 +36,23 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch/numpy/random for training and give the caller its RNG states back."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def quiet(*names: str) -> Iterator[None]:
-    """Hide Lightning's info banners (devices, tips) of a training run nobody asked to watch."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp_path)`` then ``os.replace``: readers never see a half-written file."""
+    """``write(tmp_path)``, fsync, then ``os.replace``: readers never see a half-written file.
+
+    The temporary file sits in ``target``'s folder (``os.replace`` is atomic only within one
+    file system). The fsync comes before the rename, so that after a crash ``target`` holds
+    either the old or the complete new content, never an empty file under the new name.
+    The file ends up mode 0644 whatever ``write`` did.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(tmp, target)
     finally:

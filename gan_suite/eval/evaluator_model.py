@@ -1,0 +1,254 @@
+"""The evaluator network as a LightningModule: its heads, its training recipe, its scoring.
+
+:class:`Evaluator` is a classifier + segmenter (+ domain head) of real labelled images;
+:func:`train_evaluator` fits it quietly on CPU and :func:`evaluate_evaluator` measures it on a
+held-out split. Loading, caching and the train-once policy are in
+:mod:`gan_suite.eval.evaluator`, which re-exports these names.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from gan_suite.nets.evaluator_net import EvaluatorNet
+from gan_suite.utils import quiet, seeded
+
+DOMAINS = ("A", "B")
+
+
+class Evaluator(L.LightningModule):
+    """Classifier + segmenter of real labelled images, trained on domains A and B together.
+
+    Each training batch contributes its A and its B images with their labels and masks, so the
+    judge works on both styles and on translations, which lie in between. The loss is
+    cross-entropy of the class plus ``seg_weight`` times per-pixel cross-entropy of the mask.
+
+    Args:
+        n_classes: number of object classes (masks hold 0 = background, 1 + class index).
+        width: channels of the first encoder stage; features have ``4 * width`` dimensions.
+        input_size: side (pixels, multiple of 16) every image is resized to inside the net, so
+            images of any size >= 24 px are judged by the same computation.
+        lr: peak Adam learning rate of the one-cycle schedule.
+        weight_decay: Adam L2 weight decay.
+        seg_weight: weight of the segmentation cross-entropy relative to the class one.
+        domain_weight: weight of the domain (A vs B) cross-entropy. The class and mask heads
+            must ignore style, but the pooled features are also FID/KID's feature space, which
+            must tell the domains apart, or the identity mapping would score a perfect FID;
+            the domain head keeps the style in the features.
+        color_jitter: strength of the random per-image brightness, contrast and per-channel
+            gain jitter applied to training images (0 = off); see ``augment``.
+        noise_std: standard deviation of Gaussian pixel noise added to training images, in
+            [-1, 1] units (0 = off).
+    """
+
+    def __init__(
+        self,
+        n_classes: int = 4,
+        width: int = 32,
+        input_size: int = 32,
+        lr: float = 8e-3,
+        weight_decay: float = 1e-4,
+        seg_weight: float = 1.0,
+        domain_weight: float = 1.0,
+        color_jitter: float = 0.15,
+        noise_std: float = 0.04,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = EvaluatorNet(n_classes=n_classes, width=width, input_size=input_size)
+        self.num_features = self.net.num_features
+        self.domain_head = nn.Linear(self.num_features, len(DOMAINS))
+        metrics: dict[str, nn.Module] = {}
+        for stage in ("val", "test"):
+            for domain in (*DOMAINS, "all"):
+                metrics[f"{stage}_acc_{domain}"] = MulticlassAccuracy(n_classes, average="micro")
+                metrics[f"{stage}_miou_{domain}"] = MulticlassJaccardIndex(1 + n_classes)
+        self.metrics = nn.ModuleDict(metrics)
+
+    # ------------------------------------------------------------------ judging images
+    def classify(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, n_classes) logits."""
+        return self.net.classify(x)
+
+    def segment(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, 1 + n_classes, H, W) logits, 0 = background."""
+        return self.net.segment(x)
+
+    def classify_domain(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, 2) logits of domain A (0) vs B (1)."""
+        return self.domain_head(self.features(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, 4 * width) pooled features for FID/KID."""
+        return self.net.features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The features: a frozen Evaluator is itself a FID/KID feature extractor."""
+        return self.features(x)
+
+    # ------------------------------------------------------------------ training
+    def augment(self, x: Tensor) -> Tensor:
+        """Mild photometric jitter of training images, (N, 3, H, W) in [-1, 1].
+
+        Translations carry colour casts, contrast changes and generator noise that the real
+        images never show; a judge that has seen a little of that does not mistake them for
+        a changed object. Kept mild and without hue permutation: the same features measure
+        FID, which must stay sensitive to a translation getting the colours wrong.
+        """
+        s, n = self.hparams.color_jitter, x.shape[0]
+        if s > 0:
+            uniform = lambda *shape: torch.empty(*shape, device=x.device).uniform_(-s, s)  # noqa: E731
+            gain = (1 + uniform(n, 3, 1, 1)) * (1 + uniform(n, 1, 1, 1))  # channel gain, contrast
+            x = x * gain + uniform(n, 1, 1, 1)  # brightness
+        if self.hparams.noise_std > 0:
+            x = x + self.hparams.noise_std * torch.randn_like(x)
+        return x.clamp(-1, 1)
+
+    @staticmethod
+    def _both_domains(batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """Concatenate A and B: images (2N, 3, H, W), labels (2N,), masks (2N, H, W)."""
+        missing = [k for s in DOMAINS for k in (s, f"{s}_label", f"{s}_mask") if k not in batch]
+        if missing:
+            raise KeyError(
+                f"evaluator batches need images, labels and masks of both domains; missing "
+                f"{missing} (the data needs scenes.json labels and masks/<split>/ files)"
+            )
+        return tuple(torch.cat([batch[f"A{k}"], batch[f"B{k}"]]) for k in ("", "_label", "_mask"))
+
+    def _loss(self, x: Tensor, labels: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        class_logits, seg_logits = self.net(x)
+        class_loss = F.cross_entropy(class_logits, labels)
+        seg_loss = F.cross_entropy(seg_logits, masks)
+        # _both_domains puts the A half first, then the B half
+        domains = torch.arange(len(x), device=x.device) >= len(x) // 2
+        domain_loss = F.cross_entropy(self.classify_domain(x), domains.long())
+        hp = self.hparams
+        total = class_loss + hp.seg_weight * seg_loss + hp.get("domain_weight", 1.0) * domain_loss
+        return total, class_loss, seg_loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """CE(class) + seg_weight * CE(pixels) on the jittered A and B images of the batch."""
+        x, labels, masks = self._both_domains(batch)
+        loss, class_loss, seg_loss = self._loss(self.augment(x), labels, masks)
+        self.log_dict(
+            {"train/loss": loss, "train/class_loss": class_loss, "train/seg_loss": seg_loss},
+            prog_bar=True,
+            batch_size=x.shape[0],
+        )
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        x, labels, masks = self._both_domains(batch)
+        class_logits, seg_logits = self.net(x)
+        n = batch["A"].shape[0]
+        preds, seg_preds = class_logits.argmax(1), seg_logits.argmax(1)
+        parts = {"A": slice(0, n), "B": slice(n, None), "all": slice(None)}
+        for domain, part in parts.items():
+            acc = self.metrics[f"{stage}_acc_{domain}"]
+            miou = self.metrics[f"{stage}_miou_{domain}"]
+            acc.update(preds[part], labels[part])
+            miou.update(seg_preds[part], masks[part])
+            suffix = "" if domain == "all" else f"_{domain}"
+            self.log(f"{stage}/acc{suffix}", acc, batch_size=n)
+            self.log(f"{stage}/miou{suffix}", miou, batch_size=n)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accuracy and mIoU per domain (``val/acc_A``, ``val/miou_B``, ...) and overall."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """As validation, under ``test/``."""
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam under a one-cycle schedule (warm-up to ``lr`` over the first quarter of the
+        steps, then cosine decay to ~0), stepped per batch.
+
+        The budget is ~150 steps; a warm-up lets a rate high enough to learn in that budget
+        start without diverging, and the decay settles the weights (measured on the shapes
+        data: 92% accuracy after 80 steps against 75% with Adam at a cosine-decayed 2e-3).
+        Without a finite step budget (``max_epochs=-1``) the rate stays constant.
+        """
+        opt = torch.optim.Adam(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        total = self.trainer.estimated_stepping_batches
+        if not 0 < total < float("inf"):
+            return {"optimizer": opt}
+        one_cycle = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.hparams.lr, total_steps=int(total), pct_start=0.25
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": one_cycle, "interval": "step"}}
+
+
+@torch.no_grad()
+def evaluate_evaluator(evaluator: Evaluator, datamodule: L.LightningDataModule) -> dict[str, Any]:
+    """Held-out accuracy and mIoU per domain over every pair of the data module's test split.
+
+    Returns ``{"accuracy_A", "accuracy_B", "miou_A", "miou_B", "n_test"}``; mIoU is the mean
+    over background and the object classes of the per-class IoU accumulated over the split.
+    """
+    n_classes = evaluator.hparams.n_classes
+    acc = {d: MulticlassAccuracy(n_classes, average="micro") for d in DOMAINS}
+    miou = {d: MulticlassJaccardIndex(1 + n_classes) for d in DOMAINS}
+    datamodule.setup("test")
+    was_training = evaluator.training
+    evaluator.eval()
+    n_test = 0
+    for batch in datamodule.test_dataloader():
+        for d in DOMAINS:
+            class_logits, seg_logits = evaluator.net(batch[d].to(evaluator.device))
+            acc[d].update(class_logits.argmax(1).cpu(), batch[f"{d}_label"])
+            miou[d].update(seg_logits.argmax(1).cpu(), batch[f"{d}_mask"])
+        n_test += batch["A"].shape[0]
+    evaluator.train(was_training)
+    report: dict[str, Any] = {f"accuracy_{d}": float(acc[d].compute()) for d in DOMAINS}
+    report.update({f"miou_{d}": float(miou[d].compute()) for d in DOMAINS})
+    return {**report, "n_test": n_test}
+
+
+def train_evaluator(
+    datamodule: L.LightningDataModule,
+    model: Evaluator,
+    *,
+    max_epochs: int,
+    seed: int,
+    num_threads: int | None = None,
+) -> tuple[L.Trainer, float]:
+    """Fit ``model`` on CPU without logger, checkpoints or validation; returns (trainer, s).
+
+    ``num_threads``: torch intra-op threads during the fit (restored afterwards); None keeps
+    the process setting. On cores shared with other jobs, 1 thread can be ~10x faster than 2.
+    """
+    # No `deterministic=True`: it switches torch.use_deterministic_algorithms on for the whole
+    # process, which would outlive this call; seeded CPU training repeats without it.
+    with quiet("lightning.pytorch", "lightning.fabric"):
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            default_root_dir=tempfile.gettempdir(),
+        )
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    try:
+        torch.set_num_threads(num_threads or threads)
+        with seeded(seed), quiet("lightning.pytorch", "lightning.fabric"):
+            trainer.fit(model, datamodule=datamodule)
+    finally:
+        torch.set_num_threads(threads)
+    return trainer, time.perf_counter() - start

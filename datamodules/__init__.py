@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 # Labelled sources (cGAN, IC-GAN, StarGAN, MatchGAN) and attribute-split domains (DiscoGAN).
-from .labelled import SOURCES as LABELLED_SOURCES  # noqa: E402
 from .instances import NeighbourhoodDataset  # noqa: E402
+from .labelled import SOURCES as LABELLED_SOURCES  # noqa: E402
 from .labelled import LabelledDataModule  # noqa: E402
 from .labelled_celeba import AnnotationError  # noqa: E402
 from .labelled_domains import DomainSplitDataModule  # noqa: E402

@@ -44,7 +44,9 @@ def run_ddp_fit(
     if batchnorm:
         check = f"{{class_path: {check}, init_args: {{include_buffers: false}}}}"
     cpu_bn = ["--trainer.sync_batchnorm=false"] if batchnorm else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # tests/ on the path: test-only callbacks (ddp_probe) can be named by class_path
+    pythonpath = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
     cmd = [
         sys.executable, "-m", "gan_suite.cli", "fit",

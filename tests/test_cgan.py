@@ -14,9 +14,9 @@ import torch
 from datamodules import DatasetLayoutError, VectorDataModule
 from gan_suite.cli import cli_main
 from gan_suite.eval.parzen import parzen_estimate, parzen_log_likelihood, select_sigma
+from gan_suite.eval.tags import generated_tags
 from gan_suite.losses import exponential_decay_lr, linear_momentum
 from gan_suite.models.cgan import CGAN
-from gan_suite.eval.tags import generated_tags
 from gan_suite.models.cgan_vectors import CGANVectors
 from gan_suite.nets.cgan_nets import Maxout
 

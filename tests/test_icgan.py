@@ -309,3 +309,39 @@ def test_generator_embeds_a_unit_h_isometrically():
     h = torch.nn.functional.normalize(torch.randn(64, 256), dim=1)
     norm = (g.embed_h(h) - g.embed_h.bias).norm(dim=1)
     assert torch.allclose(norm, torch.ones(64), atol=1e-4), norm
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_draw_their_own_streams_and_keep_identical_weights(tmp_path):
+    """2 CPU processes (gloo): after 4 iterations both ranks hold the same G and D; each rank
+    drew its own z (the per-rank offset of the global stream) and its own neighbours; the
+    feature cache was written once by rank 0 and read by both."""
+    import json
+
+    from cli_helpers import run_ddp_fit
+
+    tiny = [
+        "--model.init_args.image_size=32",
+        "--model.init_args.g_ch=4",
+        "--model.init_args.d_ch=4",
+        "--model.init_args.feature_embed_dim=8",
+        "--model.init_args.k=3",
+        "--data.init_args.image_size=32",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.embedded={n_train: 16, n_test: 6, image_size: 32}",
+        "--test_after_fit=false",
+        "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger,"
+        " init_args: {save_dir: runs}}]",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=ddp_probe.RankStreams",
+    ]
+    report = run_ddp_fit("icgan.yaml", tiny, tmp_path, "icgan", batchnorm=True)
+    assert report["world_size"] == 2 and max(report["divergence"]) < 1e-6
+    run_dir = report["run_dir"]
+    ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["z"] != ranks[1]["z"]  # not the same noise on every rank
+    assert ranks[0]["neighbours"] != ranks[1]["neighbours"]
+    assert (run_dir / "instance_features.pt").is_file()
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert int(ckpt["state_dict"]["iteration"]) == 4  # 2 epochs x 2 batches, on every rank

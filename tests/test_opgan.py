@@ -364,12 +364,18 @@ def test_generator_gets_the_siamese_gradient_through_s():
 
 # -- end to end ------------------------------------------------------------------------------
 def test_fit_fast_dev_run_through_the_cli():
+    # no Evaluation callback: its evaluator is trained on first use (tests/test_cli.py covers it)
+    callbacks = (
+        "--trainer.callbacks=[{class_path: gan_suite.callbacks.HistoryBuffer},"
+        " {class_path: gan_suite.callbacks.SampleGrid}]"
+    )
     cli = cli_main(
         [
             "fit",
             "--config",
             str(EXPERIMENTS / "opgan.yaml"),
             *TINY,
+            callbacks,
             "--trainer.fast_dev_run=1",
             "--test_after_fit=false",
         ]

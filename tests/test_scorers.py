@@ -69,7 +69,7 @@ def test_instance_scorer_agreement_chance_and_purity():
 def test_attribute_scorer_splits_changed_and_kept_attributes():
     """Target-attribute accuracy over the attributes asked to change, preservation over the
     others (StarGAN's and MatchGAN's measure)."""
-    scorer = AttributeScorer(_PixelJudge(), fidkid=None)
+    scorer = AttributeScorer(_PixelJudge(), fidkid=None, n_attributes=3)
     source = torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.float)
     target = torch.tensor([[0, 0, 1], [0, 1, 0]], dtype=torch.float)  # changed: 2 + 1
     out_images = torch.zeros(2, 3, 4, 4)

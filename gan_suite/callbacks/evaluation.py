@@ -162,6 +162,8 @@ class Evaluation(L.Callback):
         elif isinstance(record, ClassSamples):
             judge = self._judge(record)
             scorer = ClassScorer(judge, int(judge.hparams["n_classes"]), self._fidkid())
+            scorer.class_names = record.class_names
+            scorer.parzen_request = record.parzen_samples_per_class
         elif isinstance(record, InstanceSamples):
             scorer = InstanceScorer(self._judge(record), self._fidkid())
         elif isinstance(record, AttributeTranslation):
@@ -171,7 +173,8 @@ class Evaluation(L.Callback):
                     f"attribute translations ({record.name!r}) need an evaluator with an "
                     "attribute head (classify_attributes); pass evaluator_checkpoint=..."
                 )
-            scorer = AttributeScorer(judge, self._fidkid())
+            scorer = AttributeScorer(judge, self._fidkid(), record.target_attributes.shape[1])
+            scorer.names = record.attribute_names
         elif isinstance(record, SegmentationOutput):
             scorer = SegmentationScorer(record)
         elif isinstance(record, TaggedVectors):
@@ -219,12 +222,20 @@ class Evaluation(L.Callback):
         paired = bool(getattr(trainer.datamodule, "ground_truth_pairs", False))
         subset, _ = self._subset(trainer, stage)
         with_real = stage not in self._real_done
+        probe = len(subset) == 0  # this rank's shard is empty (fewer items than ranks)
+        if probe:
+            # compute() is collective: every rank must hold the same scorers, so an empty
+            # shard still learns them from one item, which it does not score
+            subset = Subset(subset.dataset, [0])
         for batch in DataLoader(subset, batch_size=self.batch_size):
             batch = {
                 k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()
             }
             for record in pl_module.evaluation_outputs(batch):
+                if probe:
+                    self._scorer_for(record, stage).to(pl_module.device)
+                    continue
                 if isinstance(record, Translation) and not paired:
                     record.paired_target = None  # aligned by order only, not a true pair
                 scorer = self._scorer_for(record, stage).to(pl_module.device)

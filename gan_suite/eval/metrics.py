@@ -56,6 +56,11 @@ class Translation:
     paired_target: Tensor | None = None
     target_domain: int | None = None
 
+    @property
+    def name(self) -> str:
+        """The protocol's key prefix: the direction."""
+        return self.direction
+
 
 def two_way_translations(batch: dict, fake_B: Tensor, fake_A: Tensor) -> list[Translation]:
     """Both directions of an A<->B translator on an aligned evaluation batch.

@@ -146,8 +146,6 @@ class ClassScorer(nn.Module):
         self.per_class[1].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
         real_pred = classify(rec.real).argmax(1).cpu()
         self.counts.add(n_real=len(real_pred), real_hits=(real_pred == rec.real_labels.cpu()).sum())
-        self.class_names = rec.class_names
-        self.parzen_request = rec.parzen_samples_per_class
         if self.fidkid is not None:
             self.fidkid.update_fake(rec.output)
             if with_real:
@@ -283,14 +281,15 @@ class AttributeScorer(nn.Module):
     Args:
         evaluator: ``classify_attributes(x) -> (N, A)`` logits of binary attributes.
         fidkid: FID/KID of the translations against the source images, or None.
+        n_attributes: A.
     """
 
-    def __init__(self, evaluator: nn.Module, fidkid: FIDKID | None) -> None:
+    def __init__(self, evaluator: nn.Module, fidkid: FIDKID | None, n_attributes: int) -> None:
         super().__init__()
         self.evaluator = [evaluator]
         self.fidkid = fidkid
         self.counts = _Counts(("n", "n_changed", "changed_hits", "n_kept", "kept_hits"))
-        self.per_attribute: Tensor | None = None  # (2, A): hits on changed, n changed
+        self.per_attribute = torch.zeros(2, n_attributes, dtype=torch.float64)  # hits, n changed
         self.names: list[str] | None = None
 
     @torch.no_grad()
@@ -306,8 +305,6 @@ class AttributeScorer(nn.Module):
             n_kept=(~changed).sum(),
             kept_hits=(hits & ~changed).sum(),
         )
-        if self.per_attribute is None:
-            self.per_attribute = torch.zeros(2, target.shape[1], dtype=torch.float64)
         self.per_attribute[0] += (hits & changed).sum(0)
         self.per_attribute[1] += changed.sum(0)
         self.names = rec.attribute_names
@@ -349,7 +346,7 @@ class AttributeScorer(nn.Module):
 
     def reset(self) -> None:
         self.counts.reset()
-        self.per_attribute = None
+        self.per_attribute.zero_()
         if self.fidkid is not None:
             self.fidkid.reset_fake()
 

@@ -23,8 +23,8 @@ from gan_suite.eval.fid import FIDKID
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # A smaller budget than the default (1000 scenes, batch 32, 5 epochs): ~260 steps of 16 scenes,
 # about 45 s. With this machine's current packages 9 epochs (~160 steps) measured only 0.75 /
-# 0.69 held-out accuracy (the default budget: 0.995); 14 epochs clear the 0.9 bar. One thread: on cores shared with other
-# jobs a 2-thread fit measured ~10x slower (OpenMP threads waiting on each other).
+# 0.69 held-out accuracy (the default budget: 0.995); 14 epochs clear the 0.9 bar. One thread:
+# on cores shared with other jobs a 2-thread fit measured ~10x slower (OpenMP threads waiting).
 SMALL = {"n_train": 300, "n_test": 100, "max_epochs": 14, "batch_size": 16, "num_threads": 1}
 
 

@@ -27,6 +27,7 @@ from gan_suite.eval.protocol import (
     TaggedVectors,
     Translation,
 )
+from gan_suite.eval.distributed import reduced_over_ranks
 from gan_suite.eval.scorers import (
     AttributeScorer,
     ClassScorer,
@@ -187,15 +188,21 @@ class Evaluation(L.Callback):
         self.metrics[stage][record.name] = scorer
         return scorer
 
-    def _subset(self, trainer: L.Trainer, split: str):
+    def _subset(self, trainer: L.Trainer, split: str) -> tuple[Subset, bool]:
+        """This rank's share of the first ``n_images`` items of ``split``, and whether the
+        shares are disjoint (sharded: the scorers then reduce over ranks)."""
         dm = trainer.datamodule
         attr = "test_set" if split == "test" else "val_set"
         if getattr(dm, attr, None) is None:
             dm.setup("test" if split == "test" else "validate")
         dataset = getattr(dm, attr)
         n = min(self.n_images, len(dataset))
+        if n < trainer.world_size:
+            # fewer items than ranks: every rank scores all of them on its own (an empty
+            # shard could not take part in the metrics' collective compute)
+            return Subset(dataset, range(n)), False
         # every rank takes a disjoint stride of the first n items: no padding, no duplicates
-        return Subset(dataset, range(trainer.global_rank, n, trainer.world_size)), n
+        return Subset(dataset, range(trainer.global_rank, n, trainer.world_size)), True
 
     def _validation_images_unit(self, trainer: L.Trainer) -> torch.Tensor:
         """The first ``n_images`` validation images as (N, D) pixels in [0, 1], every rank
@@ -220,22 +227,14 @@ class Evaluation(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         paired = bool(getattr(trainer.datamodule, "ground_truth_pairs", False))
-        subset, _ = self._subset(trainer, stage)
+        subset, sharded = self._subset(trainer, stage)
         with_real = stage not in self._real_done
-        probe = len(subset) == 0  # this rank's shard is empty (fewer items than ranks)
-        if probe:
-            # compute() is collective: every rank must hold the same scorers, so an empty
-            # shard still learns them from one item, which it does not score
-            subset = Subset(subset.dataset, [0])
         for batch in DataLoader(subset, batch_size=self.batch_size):
             batch = {
                 k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()
             }
             for record in pl_module.evaluation_outputs(batch):
-                if probe:
-                    self._scorer_for(record, stage).to(pl_module.device)
-                    continue
                 if isinstance(record, Translation) and not paired:
                     record.paired_target = None  # aligned by order only, not a true pair
                 scorer = self._scorer_for(record, stage).to(pl_module.device)
@@ -243,15 +242,17 @@ class Evaluation(L.Callback):
         self._real_done.add(stage)  # real features are computed once per run and kept
         results = {}
         for name, scorer in sorted(self.metrics[stage].items()):
-            entries = scorer.compute()
+            with reduced_over_ranks(scorer, sharded):
+                entries = scorer.compute()
             if isinstance(scorer, ClassScorer) and scorer.parzen_request > 0:
-                entries.update(
-                    scorer.parzen(
-                        pl_module.sample_classes,
-                        self._validation_images_unit(trainer),
-                        score_validation=stage != "test",
+                with reduced_over_ranks(scorer, sharded):
+                    entries.update(
+                        scorer.parzen(
+                            pl_module.sample_classes,
+                            self._validation_images_unit(trainer),
+                            score_validation=stage != "test",
+                        )
                     )
-                )
             for metric, info in entries.items():
                 results[f"{name}/{metric}"] = info
             if isinstance(scorer, TagScorer) and stage == "test" and trainer.is_global_zero:

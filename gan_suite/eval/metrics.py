@@ -179,10 +179,9 @@ class TranslationMetrics(nn.Module):
         return out
 
     def _global_count(self, kind: str) -> int:
-        n = torch.tensor(self.counts.get(kind, 0), dtype=torch.long)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(n)
-        return int(n)
+        from gan_suite.eval.distributed import all_reduce_sum
+
+        return int(all_reduce_sum(torch.tensor(self.counts.get(kind, 0), dtype=torch.long)))
 
     def reset(self) -> None:
         """Forget the generated images; keep the real-image features (computed once a run)."""

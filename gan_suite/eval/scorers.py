@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from gan_suite.eval.distributed import all_gather_cat, all_reduce_sum
 from gan_suite.eval.fid import FIDKID
 from gan_suite.eval.metrics import SegmentationMetrics
 from gan_suite.eval.parzen import DEFAULT_SIGMAS, parzen_estimate
@@ -37,43 +38,6 @@ from gan_suite.eval.protocol import (
 )
 
 JUDGED = {"extractor": "evaluator"}
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _comm_device(t: Tensor) -> torch.device:
-    """NCCL reduces CUDA tensors only; gloo takes CPU tensors."""
-    if torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return t.device
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum of ``t`` over DDP ranks (``t`` itself without DDP)."""
-    if _distributed():
-        summed = t.to(_comm_device(t), copy=True)
-        torch.distributed.all_reduce(summed)
-        return summed.to(t.device)
-    return t
-
-
-def _all_gather_cat(t: Tensor) -> Tensor:
-    """Concatenate a (N_rank, ...) tensor over DDP ranks (ranks may hold different N)."""
-    if not _distributed():
-        return t
-    home, t = t.device, t.to(_comm_device(t))
-    world = torch.distributed.get_world_size()
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    torch.distributed.all_gather(sizes, n)
-    biggest = int(max(int(s) for s in sizes))
-    padded = torch.zeros((biggest, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(parts, padded)
-    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)]).to(home)
 
 
 class _Counts:
@@ -204,7 +168,7 @@ class ClassScorer(nn.Module):
         test = None
         if not score_validation:
             local = pixels(torch.cat(self.real_unit)) if self.real_unit else validation_unit[:0]
-            test = _all_gather_cat(local.to(samples.device)).cpu()
+            test = all_gather_cat(local.to(samples.device)).cpu()
         result = parzen_estimate(samples.cpu(), validation_unit, test, sigmas=DEFAULT_SIGMAS)
         return {"parzen_ll": result.as_metric()}
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_suite.eval.distributed import all_reduce_sum
 from gan_suite.eval.protocol import TaggedVectors
-from gan_suite.eval.scorers import all_reduce_sum
 
 
 @torch.no_grad()

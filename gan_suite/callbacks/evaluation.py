@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from gan_suite.eval.distributed import reduced_over_ranks
 from gan_suite.eval.features import EvaluatorFeatures, make_feature_extractor
 from gan_suite.eval.fid import FIDKID
 from gan_suite.eval.metrics import TranslationMetrics
@@ -27,7 +28,6 @@ from gan_suite.eval.protocol import (
     TaggedVectors,
     Translation,
 )
-from gan_suite.eval.distributed import reduced_over_ranks
 from gan_suite.eval.scorers import (
     AttributeScorer,
     ClassScorer,

@@ -232,6 +232,19 @@ def test_each_net_gets_gradients_only_in_its_own_step():
     assert seen[0][1] == d and seen[1][1] == g  # every parameter, and none of the other net
 
 
+# the YAML's nets and data at test size (CLI overrides)
+TINY_CLI = [
+    "--model.init_args.image_size=32",
+    "--model.init_args.g_ch=4",
+    "--model.init_args.d_ch=4",
+    "--model.init_args.feature_embed_dim=8",
+    "--model.init_args.k=3",
+    "--data.init_args.image_size=32",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.num_workers=0",
+]
+
+
 def test_cli_fast_dev_run_on_the_embedded_shapes():
     from gan_suite.cli import cli_main
 
@@ -240,14 +253,7 @@ def test_cli_fast_dev_run_on_the_embedded_shapes():
             "fit",
             "--config",
             str(ROOT / "experiments" / "icgan.yaml"),
-            "--model.init_args.image_size=32",
-            "--model.init_args.g_ch=4",
-            "--model.init_args.d_ch=4",
-            "--model.init_args.feature_embed_dim=8",
-            "--model.init_args.k=3",
-            "--data.init_args.image_size=32",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.num_workers=0",
+            *TINY_CLI,
             "--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 32}",
             "--trainer.accelerator=cpu",
             "--trainer.fast_dev_run=1",
@@ -321,14 +327,7 @@ def test_ddp_two_processes_draw_their_own_streams_and_keep_identical_weights(tmp
     from cli_helpers import run_ddp_fit
 
     tiny = [
-        "--model.init_args.image_size=32",
-        "--model.init_args.g_ch=4",
-        "--model.init_args.d_ch=4",
-        "--model.init_args.feature_embed_dim=8",
-        "--model.init_args.k=3",
-        "--data.init_args.image_size=32",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0",
+        *TINY_CLI,
         "--data.init_args.embedded={n_train: 16, n_test: 6, image_size: 32}",
         "--test_after_fit=false",
         "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger,"

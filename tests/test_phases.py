@@ -40,6 +40,18 @@ def test_check_phases_refuses_duplicates_and_missing_optimizers():
     assert list(check_phases([Phase("G", 0), Phase("D", 1)], None)) == ["G", "D"]
 
 
+def _tiny_data():
+    from datamodules import UnpairedDataModule
+
+    return UnpairedDataModule(
+        load_size=36,
+        crop_size=32,
+        batch_size=2,
+        num_workers=0,
+        embedded={"n_train": 8, "n_test": 4, "image_size": 32},
+    )
+
+
 def _tiny_cyclegan(**kw) -> CycleGAN:
     return CycleGAN(ngf=4, n_blocks=1, ndf=4, n_layers_d=1, **kw)
 
@@ -63,19 +75,11 @@ def test_switching_phases_off_and_on_survives_a_checkpoint():
 def test_a_disabled_generator_phase_leaves_g_untouched_and_d_still_trains(make_trainer):
     """The K x N callbacks' lever: with Gmain off, an iteration steps D only (on translations
     computed without a graph), and the iteration counter still advances."""
-    from datamodules import UnpairedDataModule
-
     model = _tiny_cyclegan()
     model.set_phases_enabled({"Gmain": False})
     g_before = [p.detach().clone() for p in model.G_AB.parameters()]
     d_before = [p.detach().clone() for p in model.D_A.parameters()]
-    dm = UnpairedDataModule(
-        load_size=36,
-        crop_size=32,
-        batch_size=2,
-        num_workers=0,
-        embedded={"n_train": 8, "n_test": 4, "image_size": 32},
-    )
+    dm = _tiny_data()
     trainer = make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     assert all(torch.equal(a, b) for a, b in zip(g_before, model.G_AB.parameters()))
@@ -87,7 +91,6 @@ def test_per_iteration_and_per_epoch_schedules_step_in_their_own_unit(make_train
     """CycleGAN's decay is per epoch; a schedule declared with interval "step" (BDL's poly
     decay, cGAN's 1.00004 per batch) steps once per iteration (batch), whatever the number
     of optimizer steps in it."""
-    from datamodules import UnpairedDataModule
 
     class PerIteration(CycleGAN):
         def configure_optimizers(self):
@@ -101,13 +104,7 @@ def test_per_iteration_and_per_epoch_schedules_step_in_their_own_unit(make_train
             ]
             return [opt_g, opt_d], scheds
 
-    dm = UnpairedDataModule(
-        load_size=36,
-        crop_size=32,
-        batch_size=2,
-        num_workers=0,
-        embedded={"n_train": 8, "n_test": 4, "image_size": 32},
-    )
+    dm = _tiny_data()
     model = PerIteration(ngf=4, n_blocks=1, ndf=4, n_layers_d=1, lr=1.0)
     trainer = make_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)

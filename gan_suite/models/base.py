@@ -200,6 +200,13 @@ class TwoDomainTranslator(GANModule):
         """(G_BA(B), G_AB(A)) for an iteration whose generator phase does not run."""
         return self.G_BA(real_B), self.G_AB(real_A)
 
+    def generator_phase(self, real_A: Tensor, real_B: Tensor) -> tuple[Tensor, Tensor]:
+        """Gmain if it runs this iteration, else the translations without a graph; returns
+        the detached fakes (G_BA(B), G_AB(A)) that the other phases see."""
+        if self.runs("Gmain"):
+            return self._generator_step(self.phase_optimizer("Gmain"), real_A, real_B)
+        return self.translate_without_grad(real_A, real_B)
+
     def _eval_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict[str, Tensor]:
         raise NotImplementedError
 

@@ -130,11 +130,8 @@ class DiscoGAN(TwoDomainTranslator):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        if self.runs("Gmain"):
-            opt_g = self.phase_optimizer("Gmain")
-            fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
-        else:  # an official D-only iteration: this batch's translations, no G step
-            fake_A, fake_B = self.translate_without_grad(real_A, real_B)
+        # Gmain; on an official D-only iteration this batch's translations without a G step
+        fake_A, fake_B = self.generator_phase(real_A, real_B)
         if self.runs("Dmain"):
             opt_d = self.phase_optimizer("Dmain")
             self._discriminator_step(opt_d, real_A, real_B, fake_A, fake_B)

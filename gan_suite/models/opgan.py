@@ -163,11 +163,7 @@ class OPGAN(CycleGAN):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_A, real_B = self.prepare_images(batch["A"]), self.prepare_images(batch["B"])
-        if self.runs("Gmain"):
-            opt_g = self.phase_optimizer("Gmain")
-            fake_A, fake_B = self._generator_step(opt_g, real_A, real_B)
-        else:
-            fake_A, fake_B = self.translate_without_grad(real_A, real_B)
+        fake_A, fake_B = self.generator_phase(real_A, real_B)  # Gmain
         if self.runs("Smain"):
             self._siamese_step(self.phase_optimizer("Smain"), real_A, real_B, fake_A, fake_B)
         if self.runs("Dmain"):

@@ -103,10 +103,10 @@ class Evaluation(L.Callback):
 
     # -- set-up ---------------------------------------------------------------------------
     def _load_evaluator(self, trainer: L.Trainer) -> nn.Module | None:
-        from gan_suite.eval.judge import fill_evaluator_cache, resolve_evaluator
+        from gan_suite.eval.judge import fill_evaluator_cache, has_evaluator, resolve_evaluator
 
         dm = trainer.datamodule
-        if trainer.world_size > 1 and not self.evaluator_checkpoint:
+        if trainer.world_size > 1 and not self.evaluator_checkpoint and has_evaluator(dm):
             # A Trainer nested in a DDP process would join the outer process group and
             # deadlock: rank 0 trains a missing evaluator in a clean subprocess, the others
             # wait, then every rank reads the cached checkpoint.

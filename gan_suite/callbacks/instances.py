@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from gan_suite.eval.judge import fill_evaluator_cache
+from gan_suite.eval.judge import fill_evaluator_cache, has_evaluator
 from gan_suite.eval.neighbours import extract_features, knn_cosine
 from gan_suite.utils import atomic_write, file_lock
 
@@ -44,11 +44,12 @@ class InstanceNeighbourhoods(L.Callback):
                 f"(datamodules.LabelledDataModule); got {type(dm).__name__}"
             )
         hp = pl_module.hparams
-        if trainer.world_size > 1 and hp.feature_extractor == "evaluator":
+        train_f = hp.feature_extractor == "evaluator" and not hp.evaluator_checkpoint
+        if trainer.world_size > 1 and train_f and has_evaluator(dm):
             # f is the data's evaluator: rank 0 trains a missing one in a clean subprocess (a
             # Trainer nested in a DDP process would deadlock), the others wait
             if trainer.is_global_zero:
-                fill_evaluator_cache(dm, hp.evaluator_checkpoint)
+                fill_evaluator_cache(dm)
             trainer.strategy.barrier("gan_suite_feature_extractor")
         cache = self._cache_path(trainer, hp.feature_cache)
         dataset = dm.unaugmented_train_set()

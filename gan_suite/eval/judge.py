@@ -37,6 +37,8 @@ def resolve_evaluator(datamodule, checkpoint: str | None = None) -> nn.Module | 
 
     if checkpoint:
         return load_evaluator(checkpoint)
+    if not has_evaluator(datamodule):
+        return None
     if getattr(datamodule, "labels", None) is not None and hasattr(datamodule, "root"):
         return load_or_train_evaluator(datamodule.root)
     if getattr(datamodule, "source", None) == "shapes":
@@ -44,9 +46,17 @@ def resolve_evaluator(datamodule, checkpoint: str | None = None) -> nn.Module | 
             return load_or_train_evaluator(datamodule.data_dir)
         embedded = dict(datamodule.embedded)
         return load_or_train_evaluator(None, data_seed=embedded.pop("seed", 0), **embedded)
-    if getattr(datamodule, "label_kind", None) == "class":
-        return load_or_train_label_evaluator(datamodule, width=32)
-    return None
+    return load_or_train_label_evaluator(datamodule, width=32)
+
+
+def has_evaluator(datamodule) -> bool:
+    """Whether :func:`resolve_evaluator` finds (or trains) an evaluator for this set-up data
+    module without a checkpoint: scene labels, the shapes source, or class labels."""
+    if getattr(datamodule, "labels", None) is not None and hasattr(datamodule, "root"):
+        return True
+    if getattr(datamodule, "source", None) == "shapes":
+        return True
+    return getattr(datamodule, "label_kind", None) == "class"
 
 
 def resolve_evaluator_from_spec(spec: str) -> None:
@@ -56,7 +66,10 @@ def resolve_evaluator_from_spec(spec: str) -> None:
 
     info = json.loads(spec)
     cls = getattr(importlib.import_module(info["module"]), info["class"])
-    resolve_evaluator(cls(**info["args"]), info.get("checkpoint"))
+    datamodule = cls(**info["args"])
+    datamodule.setup("fit")  # as in the run: a data module knows its labels after setup
+    if resolve_evaluator(datamodule, info.get("checkpoint")) is None:
+        raise RuntimeError(f"no evaluator for the data module {spec}")
 
 
 _DISTRIBUTED_ENV = (

@@ -119,8 +119,7 @@ class CGANVectors(ConditionalGANBase):
         from datamodules import VectorDataModule
 
         dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if isinstance(dm, VectorDataModule):
-            dm.setup(stage)
+        if isinstance(dm, VectorDataModule) and "train" in dm.splits:  # set up by Lightning
             hp = self.hparams
             if (dm.feature_dim, dm.word_dim) != (hp.feature_dim, hp.word_dim):
                 raise ValueError(

@@ -157,7 +157,7 @@ def _prepare(model: ICGAN, dm, tmp_path=None):
     """What InstanceNeighbourhoods does at fit set-up, outside a Trainer."""
     from gan_suite.callbacks import InstanceNeighbourhoods
 
-    trainer = type("T", (), {"datamodule": dm, "is_global_zero": True})()
+    trainer = type("T", (), {"datamodule": dm, "is_global_zero": True, "world_size": 1})()
     trainer.strategy = type("S", (), {"barrier": staticmethod(lambda name: None)})()
     trainer.default_root_dir = str(tmp_path) if tmp_path else "."
     InstanceNeighbourhoods().setup(trainer, model, "fit")

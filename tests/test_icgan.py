@@ -276,6 +276,15 @@ def test_cli_fast_dev_run_on_the_embedded_shapes():
         key = f"samples/{key}"
         assert metrics[key]["extractor"] == "evaluator" and metrics[key]["n_images"] > 0
     assert 0 <= metrics["samples/nn_class_purity"]["value"] <= 1
+    # a later `gan-suite test` of a checkpoint (in <run>/test-<id>/) reads the run's
+    # instance features again, for the neighbourhoods' purity
+    from gan_suite.callbacks import InstanceNeighbourhoods
+
+    restored = ICGAN(**{k: v for k, v in cli.model.hparams.items() if not k.startswith("_")})
+    assert restored.instance_features is None
+    trainer = type("T", (), {"default_root_dir": str(run_dir / "test-x")})()
+    InstanceNeighbourhoods().setup(trainer, restored, "test")
+    assert torch.equal(restored.instance_features, cli.model.instance_features.cpu())
 
 
 def test_class_labelled_data_gets_a_cached_class_evaluator(tmp_path):

@@ -36,6 +36,7 @@ class InstanceNeighbourhoods(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
+            self._reload_for_evaluation(trainer, pl_module)
             return
         dm = trainer.datamodule
         if not hasattr(dm, "set_instance_neighbourhoods"):
@@ -78,6 +79,19 @@ class InstanceNeighbourhoods(L.Callback):
         )
         pl_module.set_instances(stored["features"], stored["labels"])
         rank_zero_info(f"IC-GAN: {key['n']} instances, {hp.k}-NN neighbourhoods ready")
+
+    def _reload_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """``test``/``validate`` of a checkpoint: the training run's cached instance features
+        (``auto``: in the run directory, the parent of the test directory) give the
+        evaluation its neighbourhood purity; without a cache the evaluation goes on without."""
+        if getattr(pl_module, "instance_features", None) is not None:
+            return
+        cache = self._cache_path(trainer, pl_module.hparams.feature_cache)
+        if cache is not None and not cache.is_file() and pl_module.hparams.feature_cache == "auto":
+            cache = cache.parent.parent / cache.name  # runs/<name>/<id>/test-<id>/ -> <id>/
+        if cache is not None and cache.is_file():
+            stored = torch.load(cache, weights_only=True)
+            pl_module.set_instances(stored["features"], stored["labels"])
 
     @staticmethod
     def _cache_path(trainer: L.Trainer, feature_cache: str | None) -> Path | None:

@@ -29,7 +29,26 @@ The other training examples are *unlabelled*: their ``label`` is -1 (class) or a
 ``labelled`` trains on an obviously wrong target instead of silently on the truth. The truth
 stays in ``label_true`` / ``attributes_true`` / ``mask_true`` **for evaluation only**.
 Validation and test examples are all labelled. The A and B images of one shapes scene are
-always on the same side of both splits.
+always on the same side of both splits. ``labelled_sampling="even"`` instead draws the subset
+evenly over classes (or patterns) as MatchGAN's ``subsample.py`` does: round-robin, one
+example of every class per pass, until ``round(labelled_fraction * n)`` are labelled, so rare
+classes give all they have and common ones the same number each.
+
+Labelled list (``labelled_list=``): a text file naming the labelled training examples, one
+per line - the image file relative to the dataset root (``cat/0.png``, ``img_align_celeba/
+000001.jpg``, ``trainA/17.png``), or ``train/<index>`` (position in the source's training
+split) for in-memory sources (MNIST, digits); ``#`` lines are comments. An existing list is
+read (a name not in the training split raises, naming file and line); a missing one is written
+with the computed subset under a ``# labelled_fraction=... labelled_sampling=... seed=...
+n_labelled=... n_train=...`` header, so a run can be repeated with exactly its labels.
+
+Batch composition (``batch_composition="matched"``, MatchGAN): training batches alternate,
+starting with a *labelled* batch of ``classes_per_batch`` distinct classes x ``batch_size //
+classes_per_batch`` images each, contiguous per class (items 0-3 one class, 4-7 another, ...),
+then an *unlabelled* batch of ``batch_size`` unlabelled images (all batches are labelled ones
+when everything is labelled); ``ceil(n_train / batch_size)`` batches per epoch, split over DDP
+ranks. See ``datamodules/matched.py``. The keys are the usual ones: ``labelled`` tells the two
+kinds of batch apart and the grouping is the order.
 
 Batch keys:
     ``image``: float ``(N, C, H, W)``, C = ``channels``, in [-1, 1] (``normalize="tanh"``)
@@ -47,13 +66,16 @@ Batch keys:
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from .base import SplitLoaders
 from .embedded import materialize_shapes
@@ -63,7 +85,13 @@ from .labelled_data import (
     LabelledDataset,
     LabelledTransform,
     carve_validation,
+    even_labelled_mask,
+    item_keys,
     labelled_mask,
+    load_labelled_list,
+    read_list_header,
+    save_labelled_list,
+    strata,
 )
 from .labelled_sources import (
     LabelledSource,
@@ -73,8 +101,11 @@ from .labelled_sources import (
     read_mnist,
     read_shapes,
 )
+from .matched import EpochSampler, MatchedBatchSampler, check_matched
 
 SOURCES = ("folder", "mnist", "celeba", "shapes", "digits")
+LABELLED_SAMPLING = ("stratified", "even")
+BATCH_COMPOSITION = ("random", "matched")
 _ATTRIBUTE_SOURCES = ("celeba", "shapes")
 _EMBEDDED_KEYS = set(inspect.signature(materialize_shapes).parameters)
 
@@ -91,6 +122,19 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             label their 0/1 vector instead of the class). Not allowed for other sources.
         labelled_fraction: Share of each training class (or attribute pattern) that keeps
             its labels, in (0, 1]; 1 = fully supervised.
+        labelled_sampling: How the labelled subset is drawn: "stratified" (that share of
+            every class, at least one each) or "even" (MatchGAN's subsample.py: round-robin
+            over classes until ``round(labelled_fraction * n_train)`` are labelled; rare
+            classes give all they have).
+        labelled_list: Text file of the labelled training examples, one per line (file
+            relative to the dataset root, or ``train/<index>`` for in-memory sources). Read
+            when it exists (overrides fraction and sampling); else the computed subset is
+            written there. None = compute, write nothing.
+        batch_composition: Training batches: "random" (shuffled) or "matched" (MatchGAN:
+            class-grouped labelled batches alternating with unlabelled batches).
+        classes_per_batch: Distinct classes in a "matched" labelled batch (MatchGAN: 4);
+            ``batch_size`` must be divisible by it and at least this many classes must be
+            labelled.
         image_size: Side of the served square images, in pixels (resized).
         channels: 3 for RGB, 1 for grayscale (luma of the RGB image).
         batch_size: Examples per batch.
@@ -107,6 +151,11 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         domain: Shapes style to serve: "A", "B", or "both" (adds a ``domain`` key).
         masks: Serve the shapes semantic masks (``mask``) as well.
         pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
+        train_unlabelled: Serve the unlabelled training examples too (semi-supervised
+            models); False trains on the labelled subset alone (a supervised baseline at
+            that fraction, e.g. StarGAN beside MatchGAN).
+        center_crop: Side of a central square cut from every image before the resize
+            (StarGAN on CelebA: 178), or None.
     """
 
     def __init__(
@@ -127,9 +176,19 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         domain: str = "A",
         masks: bool = False,
         pin_memory: bool = False,
+        labelled_sampling: str = "stratified",
+        labelled_list: str | None = None,
+        batch_composition: str = "random",
+        classes_per_batch: int = 4,
+        train_unlabelled: bool = True,
+        center_crop: int | None = None,
     ) -> None:
         super().__init__()
         _check_choice("source", source, SOURCES)
+        _check_choice("labelled_sampling", labelled_sampling, LABELLED_SAMPLING)
+        _check_choice("batch_composition", batch_composition, BATCH_COMPOSITION)
+        if batch_composition == "matched":
+            check_matched(batch_size, classes_per_batch)
         _check_choice("normalize", normalize, ("tanh", "unit"))
         _check_choice("domain", domain, ("A", "B", "both"))
         _check_choice("channels", channels, (1, 3))
@@ -156,6 +215,9 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.seed, self.flip, self.domain, self.masks = seed, flip, domain, masks
         self.embedded = dict(embedded or {})
+        self.labelled_sampling, self.labelled_list = labelled_sampling, labelled_list
+        self.batch_composition, self.classes_per_batch = batch_composition, classes_per_batch
+        self.train_unlabelled, self.center_crop = train_unlabelled, center_crop
         self.save_hyperparameters()
         self._source: LabelledSource | None = None
         self.train_set: LabelledDataset | NeighbourhoodDataset | None = None
@@ -171,8 +233,12 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         if self.source == "shapes" and self.data_dir is None:
             materialize_shapes(**self.embedded)
 
-    def _read(self) -> LabelledSource:
-        root = None if self.data_dir is None else Path(self.data_dir).expanduser()
+    def _root(self) -> Path | None:
+        if self.source == "shapes" and self.data_dir is None:
+            return materialize_shapes(**self.embedded)
+        return None if self.data_dir is None else Path(self.data_dir).expanduser()
+
+    def _read(self, root: Path | None) -> LabelledSource:
         if self.source == "folder":
             return read_folder(root)
         if self.source == "mnist":
@@ -181,14 +247,16 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             return read_celeba(root, self.attributes)
         if self.source == "digits":
             return read_digits(self.image_size, self.seed)
-        root = root or materialize_shapes(**self.embedded)
         return read_shapes(root, self.attributes, self.domain, self.masks)
 
     @property
     def data(self) -> LabelledSource:
         """The source's splits (train already without the held-out validation part)."""
         if self._source is None:
-            source = self._read()
+            root = self._root()
+            source = self._read(root)
+            if source.train.keys is None:  # named before carving, so names outlive val_fraction
+                source.train = replace(source.train, keys=item_keys(source.train, "train", root))
             if source.val is None:
                 source.train, source.val = carve_validation(
                     source.train, self.val_fraction, self.seed
@@ -230,15 +298,24 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             train=train,
             channels=self.channels,
             normalize=self.normalize,
+            center_crop=self.center_crop,
         )
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of ``stage``; a bad layout raises here, naming the path."""
         data = self.data
         if stage in (None, "fit"):
-            self.labelled = labelled_mask(data.train, self.labelled_fraction, self.seed)
+            self.labelled = self._labelled_subset()
             self._warn_if_inflated(self.labelled)
-            self.train_set = LabelledDataset(data.train, self._transform(True), self.labelled)
+            if self.batch_composition == "matched":
+                strata_ids = strata(data.train.labels)
+                check_matched(self.batch_size, self.classes_per_batch, strata_ids, self.labelled)
+            train = data.train
+            if not self.train_unlabelled:
+                # the supervised baseline sees the labelled subset only, all of it labelled
+                train, self.labelled = train.subset(self.labelled), self.labelled[self.labelled]
+            self._train_split = train
+            self.train_set = LabelledDataset(train, self._transform(True), self.labelled)
             if self._neighbourhoods is not None:
                 self.train_set = NeighbourhoodDataset(self.train_set, *self._neighbourhoods)
         if stage in (None, "fit", "validate"):
@@ -246,11 +323,98 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_set = LabelledDataset(data.test, self._transform(False))
 
+    def label_space(self) -> Tensor:
+        """The distinct labels of the labelled training examples: float ``(P, A)`` 0/1
+        attribute patterns (or int64 ``(P,)`` classes), sorted - the targets MatchGAN's
+        label-space augmentation samples from."""
+        labels = self.data.train.labels[self._labelled_subset()]
+        return torch.from_numpy(np.unique(labels, axis=0))
+
     def unaugmented_train_set(self) -> LabelledDataset:
         """The training items without random flips (features describe the stored image)."""
         tf = self._transform(False)
-        mask = labelled_mask(self.data.train, self.labelled_fraction, self.seed)
+        mask = self._labelled_subset()
+        if not self.train_unlabelled:
+            return LabelledDataset(self.data.train.subset(mask), tf, mask[mask])
         return LabelledDataset(self.data.train, tf, mask)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches, or MatchGAN's alternating class-grouped labelled and
+        unlabelled batches (``batch_composition="matched"``)."""
+        if self.batch_composition != "matched":
+            return super().train_dataloader()
+        if self.train_set is None or self.labelled is None:
+            raise RuntimeError("train dataset is not built; call setup() for its stage first")
+        # Built here, inside Lightning's dataloader hook, so that Lightning captures the
+        # arguments and can rebuild the sampler with its DistributedSampler under DDP.
+        batches = MatchedBatchSampler(
+            EpochSampler(len(self.train_set)),
+            self.batch_size,
+            False,
+            classes=strata(self._train_split.labels),
+            labelled=self.labelled,
+            classes_per_batch=self.classes_per_batch,
+            seed=self.seed,
+        )
+        return DataLoader(
+            self.train_set,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    # ---------------------------------------------------------------- the labelled subset
+    def _labelled_subset(self) -> np.ndarray:
+        """The labelled mask of the training split: read from ``labelled_list`` when that
+        file exists, else drawn by ``labelled_sampling`` (and written to ``labelled_list``)."""
+        train = self.data.train
+        path = None if self.labelled_list is None else Path(self.labelled_list).expanduser()
+        if path is not None and path.is_file():
+            mask = load_labelled_list(path, train.keys)
+            self._warn_if_list_differs(path, mask)
+            return mask
+        draw = even_labelled_mask if self.labelled_sampling == "even" else labelled_mask
+        mask = draw(train, self.labelled_fraction, self.seed)
+        if path is not None:
+            self._save_list(path, mask)
+        return mask
+
+    def write_labelled_list(self, path: str | Path) -> Path:
+        """Write the current labelled subset to ``path`` (one training example per line, under
+        a header naming fraction, sampling, seed and counts); returns the path."""
+        mask = self._labelled_subset()
+        path = Path(path).expanduser()
+        self._save_list(path, mask)
+        return path
+
+    def _save_list(self, path: Path, mask: np.ndarray) -> None:
+        save_labelled_list(path, self.data.train.keys, mask, self._list_header(mask))
+
+    def _list_header(self, mask: np.ndarray) -> dict[str, Any]:
+        return {
+            "labelled_fraction": self.labelled_fraction,
+            "labelled_sampling": self.labelled_sampling,
+            "seed": self.seed,
+            "n_labelled": int(mask.sum()),
+            "n_train": len(mask),
+        }
+
+    def _warn_if_list_differs(self, path: Path, mask: np.ndarray) -> None:
+        # The list wins over the options; say so when they disagree, since the run's config
+        # then no longer describes its labels.
+        header = read_list_header(path)
+        ours = {k: str(v) for k, v in self._list_header(mask).items()}
+        differ = [
+            f"{k}={header[k]} (options: {ours[k]})"
+            for k in ("labelled_fraction", "labelled_sampling", "seed", "n_train")
+            if k in header and header[k] != ours[k]
+        ]
+        if differ:
+            rank_zero_warn(
+                f"labelled list {str(path)!r} was written with {', '.join(differ)}; "
+                f"using its {int(mask.sum())} labelled examples"
+            )
 
     def set_instance_neighbourhoods(
         self, features: Tensor, neighbours: Tensor, draws: int = 1

@@ -1,5 +1,6 @@
 """Building blocks of the labelled data module: one split's items, seeded stratified
-sub-sampling (validation carve-out and the labelled/unlabelled split), and the Dataset.
+sub-sampling (validation carve-out and the labelled/unlabelled split, proportional or even
+over classes), the labelled-list file, and the Dataset.
 
 Kept apart from the sources (``labelled_sources.py``) so every source - folders, MNIST, CelebA,
 shapes, digits - only has to describe its items as a ``LabelledSplit``; splitting, hiding
@@ -8,6 +9,7 @@ labels and augmentation then happen once, here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gan_suite.utils import atomic_write
+
 from .io import read_mask, read_rgb
+from .labelled_celeba import AnnotationError
 from .transforms import apply, build_transform, draw_seed
 
 Normalize = Literal["tanh", "unit"]
@@ -40,6 +45,7 @@ class LabelledSplit:
         domains: int64 ``(N,)`` style domain per item (shapes with ``domain="both"``), or None.
         groups: int64 ``(N,)``: items sharing a group (the A and B image of one scene) always
             land on the same side of every split, so no scene is both labelled and unlabelled.
+        keys: Stable name of each item (see ``item_keys``), used by the labelled-list file.
     """
 
     images: tuple[Path, ...] | np.ndarray
@@ -48,6 +54,7 @@ class LabelledSplit:
     masks: tuple[Path, ...] | None = None
     domains: np.ndarray | None = None
     groups: np.ndarray | None = None
+    keys: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -71,6 +78,7 @@ class LabelledSplit:
             masks=take(self.masks),
             domains=take(self.domains),
             groups=take(self.groups),
+            keys=take(self.keys),
         )
 
     def image(self, index: int) -> np.ndarray:
@@ -148,6 +156,97 @@ def labelled_mask(train: LabelledSplit, fraction: float, seed: int) -> np.ndarra
     return stratified_choice(strata(train.labels), fraction, rng, groups=train.groups)
 
 
+def even_labelled_mask(train: LabelledSplit, fraction: float, seed: int) -> np.ndarray:
+    """Which training items keep their labels, drawn *evenly over strata* (MatchGAN's
+    ``subsample.py``): each stratum's items in a seeded random order, then round-robin - pass
+    0 takes the first item of every stratum, pass 1 the second of every stratum that still
+    has one, ... - until ``round(fraction * n)`` are taken (at least one per stratum).
+
+    Rare strata give all they have, common ones the same number each (e.g. strata of 50, 10
+    and 2 items with 12 to take give 5, 5, 2). The strata of the last, partial pass are taken
+    in a seeded order. With ``train.groups`` a group (the A and B image of one scene) is one
+    unit: ``n`` counts groups and a group is taken whole.
+    """
+    if fraction >= 1.0:
+        return np.ones(len(train), dtype=bool)
+    groups = np.arange(len(train)) if train.groups is None else train.groups
+    unique_groups, first = np.unique(groups, return_index=True)
+    group_strata = strata(train.labels)[first]
+    classes = np.unique(group_strata)
+    # Half-up rounding, as in stratified_choice.
+    count = max(int(np.floor(fraction * len(unique_groups) + 0.5)), len(classes))
+    rng = np.random.default_rng([seed, 4])
+    turn = rng.permutation(len(classes))  # place of each stratum within a pass
+    passes = np.empty(len(unique_groups), dtype=np.int64)  # the pass that reaches each group
+    places = np.empty(len(unique_groups), dtype=np.int64)
+    for c, stratum in enumerate(classes):
+        members = rng.permutation(np.flatnonzero(group_strata == stratum))
+        passes[members] = np.arange(len(members))
+        places[members] = turn[c]
+    order = np.lexsort((places, passes))  # by pass, then by the stratum's place
+    return np.isin(groups, unique_groups[order[:count]])
+
+
+# ------------------------------------------------------------------ labelled-list files
+def item_keys(split: LabelledSplit, name: str, root: Path | None) -> tuple[str, ...]:
+    """A stable name per item: the image file relative to the dataset ``root`` (POSIX
+    separators), or ``"<name>/<index>"`` (position in split ``name`` as the source ships it)
+    for in-memory images."""
+    if not isinstance(split.images, tuple):
+        return tuple(f"{name}/{i}" for i in range(len(split)))
+    return tuple(_relative(Path(path), root) for path in split.images)
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is not None:
+        for base, target in ((root, path), (root.resolve(), path.resolve())):
+            if target.is_relative_to(base):
+                return target.relative_to(base).as_posix()
+    return path.as_posix()
+
+
+def load_labelled_list(path: Path, keys: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the items named in ``path`` (one key per line; blank lines and
+    ``#`` comments skipped). An entry that is not in ``keys`` raises, naming file and line."""
+    where = {key: i for i, key in enumerate(keys)}
+    mask = np.zeros(len(keys), dtype=bool)
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry not in where:
+            example = f" (e.g. {keys[0]!r})" if len(keys) else ""
+            raise AnnotationError(
+                f"labelled list {str(path)!r} line {number}: {entry!r} is not an item of the "
+                f"training split; expected one training item per line{example}"
+            )
+        mask[where[entry]] = True
+    if not mask.any():
+        raise AnnotationError(f"labelled list {str(path)!r} names no training item")
+    return mask
+
+
+def read_list_header(path: Path) -> dict[str, str]:
+    """The ``key=value`` pairs of the first line of a labelled list, if it is a comment."""
+    with path.open() as f:
+        first = f.readline().strip()
+    if not first.startswith("#"):
+        return {}
+    pairs = (token.split("=", 1) for token in first[1:].split() if "=" in token)
+    return dict(pairs)
+
+
+def save_labelled_list(
+    path: Path, keys: Sequence[str], mask: np.ndarray, header: Mapping[str, Any]
+) -> None:
+    """Write the keys where ``mask`` is True, one per line, under a ``# key=value ...``
+    header line; atomically, so a concurrent reader (another rank) never sees half a list."""
+    lines = ["# " + " ".join(f"{k}={v}" for k, v in header.items())]
+    lines += [keys[i] for i in np.flatnonzero(mask)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
 class LabelledTransform:
     """Resize (+ optional flip) with the shared albumentations pipeline, then convert to the
     requested channels and value range.
@@ -158,10 +257,21 @@ class LabelledTransform:
     """
 
     def __init__(
-        self, image_size: int, *, flip: bool, train: bool, channels: int, normalize: Normalize
+        self,
+        image_size: int,
+        *,
+        flip: bool,
+        train: bool,
+        channels: int,
+        normalize: Normalize,
+        center_crop: int | None = None,
     ) -> None:
         self.pipeline: A.Compose = build_transform(
-            load_size=image_size, crop_size=image_size, flip=flip, train=train
+            load_size=image_size,
+            crop_size=image_size,
+            flip=flip,
+            train=train,
+            center_crop=center_crop,
         )
         self.image_size, self.channels, self.normalize = image_size, channels, normalize
         # train with load == crop: the random crop is a no-op, only the flip draws

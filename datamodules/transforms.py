@@ -29,7 +29,13 @@ PAIR_MASK_KEY = "mask_B"
 
 
 def build_transform(
-    *, load_size: int, crop_size: int, flip: bool, train: bool, paired: bool = False
+    *,
+    load_size: int,
+    crop_size: int,
+    flip: bool,
+    train: bool,
+    paired: bool = False,
+    center_crop: int | None = None,
 ) -> A.Compose:
     """Build the image(+mask) pipeline.
 
@@ -40,6 +46,8 @@ def build_transform(
         train: Random crop/flip when True; deterministic resize when False.
         paired: Also accept ``image_B``/``mask_B`` targets that receive the *same* random
             crop and flip as ``image``/``mask`` (aligned pairs must stay aligned).
+        center_crop: Side of a central square cut from the stored image before anything else
+            (StarGAN's CelebA: 178 of the 178x218 aligned faces), or None.
     """
     if crop_size > load_size and train:
         raise ValueError(
@@ -56,6 +64,8 @@ def build_transform(
             ops.append(A.HorizontalFlip(p=0.5))
     else:
         ops = [A.Resize(crop_size, crop_size, interpolation=cv2.INTER_CUBIC)]
+    if center_crop is not None:
+        ops.insert(0, A.CenterCrop(center_crop, center_crop))
     ops += [
         A.Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), max_pixel_value=255.0),
         ToTensorV2(),

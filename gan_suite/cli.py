@@ -71,6 +71,11 @@ class SaveConfigToRunDir(SaveConfigCallback):
             overwrite=self.overwrite,
             multifile=self.multifile,
         )
+        # a semi-supervised run keeps the names of its labelled images beside its config,
+        # so that it can be reproduced and compared (MatchGAN's list_attr_celeba_<pc>pc.txt)
+        dm = trainer.datamodule
+        if stage == "fit" and getattr(dm, "labelled_fraction", 1.0) < 1.0:
+            dm.write_labelled_list(path.parent / "labelled_list.txt")
 
 
 class GanSuiteCLI(LightningCLI):
@@ -94,7 +99,7 @@ class GanSuiteCLI(LightningCLI):
             "--test_after_fit",
             type=bool,
             default=False,
-            help="After fit, run test on the last checkpoint (metrics.json, report.html).",
+            help="After fit, test the final weights (metrics.json, report.html).",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -140,14 +145,25 @@ class GanSuiteCLI(LightningCLI):
                     print(f"[gan-suite]   {sub}/: {', '.join(files)}")
 
     def after_fit(self) -> None:
+        final = self._save_final_checkpoint()
         self._report()
         if self.config[self.subcommand].get("test_after_fit"):
-            has_ckpt = (
-                self.trainer.checkpoint_callback is not None and not self.trainer.fast_dev_run
-            )
-            self.trainer.test(
-                self.model, datamodule=self.datamodule, ckpt_path="last" if has_ckpt else None
-            )
+            # the weights fit ended with (saved as last.ckpt when save_last is on): a
+            # checkpoint written every n epochs may be older than the end of training
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=final)
+
+    def _save_final_checkpoint(self) -> str | None:
+        """Write ``last.ckpt`` with the state fit ended in, when ``save_last`` asks for one
+        (ModelCheckpoint saves only on its own schedule, so its last may be epochs old)."""
+        trainer, cb = self.trainer, self.trainer.checkpoint_callback
+        if cb is None or trainer.fast_dev_run or not cb.save_last or not cb.dirpath:
+            return None
+        if trainer.interrupted:
+            return None  # an interrupted fit keeps the checkpoints it made
+        path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes, atomically
+        cb.last_model_path = str(path)
+        return str(path)
 
     def after_test(self) -> None:
         self._report()

@@ -270,3 +270,59 @@ def linear_momentum(
     span = max(saturate_epoch - start_epoch, 1)
     alpha = min(max((epoch - start_epoch) / span, 0.0), 1.0)
     return initial + alpha * (final - initial)
+
+
+def linear_decay_to_zero(iteration: int, n_iterations: int, n_iterations_decay: int) -> float:
+    """LR factor of StarGAN's schedule: 1 for the first ``n_iterations - n_iterations_decay``
+    iterations, then linear to 0 at ``n_iterations`` (StarGAN section 5: "linearly decay the
+    learning rate to 0"), and 0 after it, never negative."""
+    start = n_iterations - n_iterations_decay
+    if iteration < start:
+        return 1.0
+    return max(0.0, (n_iterations - iteration) / max(n_iterations_decay, 1))
+
+
+def attribute_classification_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """StarGAN's domain classification loss (eqs. 2-3) for binary attributes: BCE with logits
+    summed over the A attributes and averaged over the batch, as the official code computes it.
+
+    Args:
+        logits: (N, A) attribute logits of D's auxiliary classifier.
+        targets: (N, A) 0/1 attributes (the original ones for real images, eq. 2; the target
+            ones for translations, eq. 3).
+    """
+    return (
+        F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="sum")
+        / (logits.shape[0])
+    )
+
+
+def matchgan_pairs(n_groups: int, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """MatchGAN's triplets as pairs, over a batch ordered as ``n_groups`` contiguous groups of
+    ``group_size`` images that share a label (group g = indices g*m ... g*m + m - 1).
+
+    As the official code builds them (for m = 4): in every group, the first image is an anchor
+    with the second as its positive and the last image of the group two groups on as its
+    negative; the third image is an anchor with the second as its positive and the last image
+    of the previous group as its negative. With two groups both negatives come from the other
+    group. That gives 4 pairs per group, half matching.
+
+    Returns:
+        (first, second, same): int64 (4 * n_groups,) indices of each pair's images and its
+        int64 label, 1 = same label (match), 0 = different labels.
+
+    Raises:
+        ValueError: fewer than 2 groups or fewer than 3 images per group.
+    """
+    if n_groups < 2 or group_size < 3:
+        raise ValueError(
+            f"MatchGAN pairs need >= 2 label groups of >= 3 images each, got {n_groups} groups "
+            f"of {group_size} (data.classes_per_batch and batch_size / classes_per_batch)"
+        )
+    g = torch.arange(n_groups)
+    base, last = g * group_size, g * group_size + group_size - 1
+    shift_far = 2 if n_groups > 2 else 1
+    first = torch.cat([base, base + 2, base, base + 2])
+    second = torch.cat([base + 1, last.roll(1), last.roll(shift_far), base + 1])
+    same = torch.cat([torch.ones(n_groups), torch.zeros(2 * n_groups), torch.ones(n_groups)])
+    return first, second, same.long()

@@ -103,3 +103,21 @@ def test_evaluation_refuses_a_record_it_does_not_know():
 
     with pytest.raises(TypeError, match="gan_suite.eval.protocol"):
         Evaluation(feature="none")._scorer_for(type("Odd", (), {"name": "x"})(), "test")
+
+
+def test_evaluation_wants_an_attribute_evaluator_of_the_same_attributes():
+    from gan_suite.callbacks import Evaluation
+    from gan_suite.eval.evaluator import Evaluator
+
+    x = torch.zeros(2, 3, 24, 24)
+    attributes = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    rec = AttributeTranslation("A", x, x, attributes, attributes, ["a", "b"])
+    callback = Evaluation(feature="none")
+    callback.evaluator = Evaluator(n_classes=2, width=8)  # a class evaluator
+    with pytest.raises(ValueError, match="'A'.*class evaluator"):
+        callback._scorer_for(rec, "test")
+    callback.evaluator = Evaluator(n_classes=2, width=8, attribute_names=["a", "c"])
+    with pytest.raises(ValueError, match=r"\['a', 'b'\].*judges \['a', 'c'\]"):
+        callback._scorer_for(rec, "test")
+    callback.evaluator = Evaluator(n_classes=2, width=8, attribute_names=["a", "b"])
+    assert isinstance(callback._scorer_for(rec, "test"), AttributeScorer)

@@ -47,7 +47,8 @@ class Evaluation(L.Callback):
     (``evaluation_outputs(batch)``, :mod:`gan_suite.eval.protocol`); each record's name gets a
     scorer. Logs ``val/<name>/<metric>`` every ``every_n_epochs`` epochs and
     ``test/<name>/<metric>`` at ``test``, and after ``test`` writes ``metrics.json`` and
-    ``report.html`` in the run directory (rank 0).
+    ``report.html`` in the run directory (rank 0); ``metrics.json``'s ``extra.evaluator``
+    names the evaluator checkpoint and its own held-out accuracy.
 
     Args:
         feature: FID/KID features: ``evaluator`` (the dataset's evaluator network; CPU runs and
@@ -152,6 +153,28 @@ class Evaluation(L.Callback):
             )
         return self.evaluator
 
+    @staticmethod
+    def _check_attribute_judge(judge: nn.Module, record: AttributeTranslation) -> None:
+        """The judge of attribute translations is an attribute evaluator of the same
+        attributes, in the same order (``hparams.attribute_names``)."""
+        names = getattr(judge, "hparams", {}).get("attribute_names")
+        where = getattr(judge, "checkpoint_path", None) or type(judge).__name__
+        if names is None:
+            raise ValueError(
+                f"attribute translations ({record.name!r}) need an attribute evaluator, but "
+                f"the evaluator {where!r} is a class evaluator (no attribute_names): use "
+                "attribute-labelled data (LabelledDataModule with attributes=[...], or "
+                "CelebA), whose evaluator is trained on first use, or pass "
+                "evaluator_checkpoint=... of an attribute evaluator"
+            )
+        wanted = record.attribute_names or names
+        n = record.target_attributes.shape[1]
+        if list(wanted) != list(names) or n != len(names):
+            raise ValueError(
+                f"attribute translations ({record.name!r}) ask for {n} attributes "
+                f"{list(wanted)}, but the evaluator {where!r} judges {list(names)}"
+            )
+
     def _scorer_for(self, record, stage: str) -> nn.Module:
         """The scorer of ``record``'s name in ``stage``, created on first sight by its type."""
         if record.name in self.metrics[stage]:
@@ -169,11 +192,7 @@ class Evaluation(L.Callback):
             scorer = InstanceScorer(self._judge(record), self._fidkid())
         elif isinstance(record, AttributeTranslation):
             judge = self._judge(record)
-            if not hasattr(judge, "classify_attributes"):
-                raise ValueError(
-                    f"attribute translations ({record.name!r}) need an evaluator with an "
-                    "attribute head (classify_attributes); pass evaluator_checkpoint=..."
-                )
+            self._check_attribute_judge(judge, record)
             scorer = AttributeScorer(judge, self._fidkid(), record.target_attributes.shape[1])
             scorer.names = record.attribute_names
         elif isinstance(record, SegmentationOutput):
@@ -281,18 +300,24 @@ class Evaluation(L.Callback):
             self._write_reports(trainer, pl_module, results)
 
     def _write_reports(self, trainer: L.Trainer, pl_module, results: dict[str, dict]) -> None:
+        from gan_suite.eval.evaluator import evaluator_summary
         from gan_suite.eval.report import write_run_reports
 
         dm = trainer.datamodule
         dataset = getattr(dm, "root", None) or getattr(dm, "data_dir", None)
+        extra = {
+            "feature": self.feature,
+            "epoch": trainer.current_epoch,
+            "iteration": int(getattr(pl_module, "iteration", trainer.global_step)),
+        }
+        # the judge's own held-out accuracy beside the numbers it judges
+        judge = evaluator_summary(self.evaluator)  # None: no evaluator, or no known checkpoint
+        if judge is not None:
+            extra["evaluator"] = judge
         write_run_reports(
             trainer,
             results,
             model=type(pl_module).__name__,
             dataset=str(dataset or getattr(dm, "source", "")),
-            extra={
-                "feature": self.feature,
-                "epoch": trainer.current_epoch,
-                "iteration": int(getattr(pl_module, "iteration", trainer.global_step)),
-            },
+            extra=extra,
         )

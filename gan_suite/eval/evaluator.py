@@ -43,6 +43,7 @@ __all__ = [
     "evaluator_checkpoint_path",
     "evaluator_fingerprint",
     "evaluator_report",
+    "evaluator_summary",
     "load_evaluator",
     "load_or_train_evaluator",
     "require_labelled_dataset",
@@ -57,6 +58,9 @@ EVALUATOR_VERSION = 2  # 2: domain head (FID features must see the domain)
 def load_evaluator(checkpoint: str | os.PathLike[str]) -> Evaluator:
     """Load an :class:`Evaluator` checkpoint on CPU, frozen: eval mode, no gradients.
 
+    The model remembers where it came from (``checkpoint_path``, absolute), so reports can
+    name their judge (:func:`evaluator_summary`).
+
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist (the message names it).
     """
@@ -68,6 +72,7 @@ def load_evaluator(checkpoint: str | os.PathLike[str]) -> Evaluator:
             "runs/evaluator/<id>/checkpoints/) or call load_or_train_evaluator()"
         )
     model = Evaluator.load_from_checkpoint(path, map_location="cpu")
+    model.checkpoint_path = str(path.resolve())
     return model.eval().requires_grad_(False)
 
 
@@ -76,6 +81,25 @@ def evaluator_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     with path.with_suffix(".json").open() as f:
         return json.load(f)
+
+
+def evaluator_summary(evaluator: Any) -> dict[str, Any] | None:
+    """What a run's ``metrics.json`` says about its judge: the checkpoint path and the
+    held-out numbers of the report beside it (``accuracy*``, ``miou*``, ``n_test``: the class,
+    attribute and two-domain evaluators alike), or just the path when the checkpoint has no
+    report (trained with ``experiments/evaluator.yaml``). None without a known checkpoint."""
+    path = getattr(evaluator, "checkpoint_path", None)
+    if not path:
+        return None
+    summary: dict[str, Any] = {"checkpoint": str(path)}
+    try:
+        report = evaluator_report(path)
+    except (OSError, ValueError):  # no report, or an unreadable one: the path still counts
+        return summary
+    summary.update(
+        {k: v for k, v in report.items() if k.startswith(("accuracy", "miou")) or k == "n_test"}
+    )
+    return summary
 
 
 def require_labelled_dataset(root: str | os.PathLike[str]) -> Path:

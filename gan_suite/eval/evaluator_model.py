@@ -47,6 +47,10 @@ class Evaluator(L.LightningModule):
             gain jitter applied to training images (0 = off); see ``augment``.
         noise_std: standard deviation of Gaussian pixel noise added to training images, in
             [-1, 1] units (0 = off).
+        attribute_names: None for a class evaluator; for an attribute evaluator (StarGAN /
+            MatchGAN data) the names of the ``n_classes`` binary attributes that the
+            classification head scores, read by :meth:`classify_attributes`. Checkpoints
+            saved before this argument existed load as class evaluators.
     """
 
     def __init__(
@@ -60,14 +64,24 @@ class Evaluator(L.LightningModule):
         domain_weight: float = 1.0,
         color_jitter: float = 0.15,
         noise_std: float = 0.04,
+        attribute_names: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if attribute_names is not None:
+            attribute_names = [str(name) for name in attribute_names]
+            if len(attribute_names) != n_classes:
+                raise ValueError(
+                    f"Evaluator: attribute_names has {len(attribute_names)} names "
+                    f"({attribute_names}) but n_classes={n_classes}: one logit per attribute"
+                )
         self.save_hyperparameters()
         self.net = EvaluatorNet(n_classes=n_classes, width=width, input_size=input_size)
         self.num_features = self.net.num_features
         self.domain_head = nn.Linear(self.num_features, len(DOMAINS))
         metrics: dict[str, nn.Module] = {}
-        for stage in ("val", "test"):
+        # the per-domain metrics serve the two-domain training only; an attribute evaluator
+        # is trained by gan_suite.eval.judge (and may have a single attribute, one logit)
+        for stage in ("val", "test") if attribute_names is None else ():
             for domain in (*DOMAINS, "all"):
                 metrics[f"{stage}_acc_{domain}"] = MulticlassAccuracy(n_classes, average="micro")
                 metrics[f"{stage}_miou_{domain}"] = MulticlassJaccardIndex(1 + n_classes)
@@ -76,6 +90,23 @@ class Evaluator(L.LightningModule):
     # ------------------------------------------------------------------ judging images
     def classify(self, x: Tensor) -> Tensor:
         """(N, 3, H, W) images in [-1, 1] -> (N, n_classes) logits."""
+        return self.net.classify(x)
+
+    def classify_attributes(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, A) logits of the A binary attributes named
+        by ``hparams.attribute_names`` (attribute present where the logit is > 0).
+
+        Raises:
+            ValueError: this is a class evaluator (no ``attribute_names``).
+        """
+        if self.hparams.get("attribute_names") is None:
+            where = getattr(self, "checkpoint_path", None)
+            raise ValueError(
+                f"{type(self).__name__}{f' {where!r}' if where else ''} is a class evaluator "
+                f"(n_classes={self.hparams.n_classes}, no attribute_names): it has no attribute "
+                "head; attribute translations need an evaluator trained on attribute labels "
+                "(load_or_train_label_evaluator on a LabelledDataModule with attributes=[...])"
+            )
         return self.net.classify(x)
 
     def segment(self, x: Tensor) -> Tensor:

@@ -1,9 +1,10 @@
-"""Which evaluator judges a dataset's generated images, and the class evaluator.
+"""Which evaluator judges a dataset's generated images, and the class / attribute evaluator.
 
 :func:`resolve_evaluator` picks the frozen :class:`~gan_suite.eval.evaluator.Evaluator` of a
 data module (used by the ``Evaluation`` callback and by IC-GAN's feature extractor);
 :func:`load_or_train_label_evaluator` provides it for class-labelled data (digits, MNIST, an
-ImageFolder): trained once on the real training images, then cached.
+ImageFolder) and for attribute-labelled data (CelebA, the shapes with ``attributes=[...]``):
+trained once on the real training images, then cached.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def resolve_evaluator(datamodule, checkpoint: str | None = None) -> nn.Module | 
     - ``checkpoint``: that Evaluator (trained with ``experiments/evaluator.yaml``);
     - two-domain data with scene labels (the embedded shapes, or a folder with
       ``scenes.json``): the cached classifier + segmenter + domain head, trained on first use;
-    - ``LabelledDataModule(source="shapes")``: the same evaluator of the shapes data;
+    - attribute-labelled data (``label_kind == "attributes"``: CelebA, or the shapes with
+      ``attributes=[...]``): the cached attribute evaluator (width 32), whose
+      ``classify_attributes`` StarGAN's and MatchGAN's scores need;
+    - ``LabelledDataModule(source="shapes")`` with class labels: the evaluator of the shapes
+      data;
     - other class-labelled data (digits, MNIST, class folders): the cached class evaluator
       (width 32: 128-d features), trained on the real training images on first use;
     - anything else (no labels): None.
@@ -41,6 +46,9 @@ def resolve_evaluator(datamodule, checkpoint: str | None = None) -> nn.Module | 
         return None
     if getattr(datamodule, "labels", None) is not None and hasattr(datamodule, "root"):
         return load_or_train_evaluator(datamodule.root)
+    if getattr(datamodule, "label_kind", None) == "attributes":
+        # before the shapes branch: the two-domain shapes evaluator has no attribute head
+        return load_or_train_label_evaluator(datamodule, width=32)
     if getattr(datamodule, "source", None) == "shapes":
         if datamodule.data_dir:
             return load_or_train_evaluator(datamodule.data_dir)
@@ -51,12 +59,12 @@ def resolve_evaluator(datamodule, checkpoint: str | None = None) -> nn.Module | 
 
 def has_evaluator(datamodule) -> bool:
     """Whether :func:`resolve_evaluator` finds (or trains) an evaluator for this set-up data
-    module without a checkpoint: scene labels, the shapes source, or class labels."""
+    module without a checkpoint: scene labels, the shapes source, class or attribute labels."""
     if getattr(datamodule, "labels", None) is not None and hasattr(datamodule, "root"):
         return True
     if getattr(datamodule, "source", None) == "shapes":
         return True
-    return getattr(datamodule, "label_kind", None) == "class"
+    return getattr(datamodule, "label_kind", None) in ("class", "attributes")
 
 
 def resolve_evaluator_from_spec(spec: str) -> None:
@@ -118,7 +126,7 @@ def datamodule_spec(datamodule, checkpoint: str | None) -> str:
     return json.dumps(info, default=str)
 
 
-# ------------------------------------------------------------------------ the class evaluator
+# -------------------------------------------------------------- the class / attribute evaluator
 def load_or_train_label_evaluator(
     datamodule,
     checkpoint: str | None = None,
@@ -128,23 +136,33 @@ def load_or_train_label_evaluator(
     cache_dir: str | None = None,
 ):
     """The suite's :class:`~gan_suite.eval.evaluator.Evaluator`, classification head only,
-    trained once on the real training images of a class-labelled ``LabelledDataModule`` and
-    cached as an ordinary Evaluator checkpoint (``load_evaluator`` reads it).
+    trained once on the real training images of a ``LabelledDataModule`` and cached as an
+    ordinary Evaluator checkpoint (``load_evaluator`` reads it).
 
     ``load_or_train_evaluator`` needs the two-domain shapes layout with masks; for digits,
-    MNIST or an ImageFolder there are neither domains nor masks, so this trains the same net
-    on cross-entropy of the class alone (images as 3-channel [-1, 1], as it judges them). The
-    held-out accuracy on the real test split is saved beside the checkpoint (``.json``).
+    MNIST, an ImageFolder or CelebA there are neither domains nor masks, so this trains the
+    same net on the label alone (images as 3-channel [-1, 1], as it judges them):
+
+    - class labels (``label_kind == "class"``): ``n_classes`` logits, cross-entropy;
+    - attribute labels (``"attributes"``: CelebA, the shapes with ``attributes=[...]``): one
+      logit per attribute (``n_classes = A``, ``attribute_names`` set, read by
+      ``classify_attributes``), binary cross-entropy on the 0/1 attribute vector.
+
+    The held-out accuracy on the real test split is saved beside the checkpoint (``.json``):
+    ``accuracy_real_test`` (for attributes the mean over attributes) and, for attributes,
+    ``accuracy_real_test_per_attribute`` ``{name: accuracy}``.
     """
     from datamodules import LabelledDataModule
     from gan_suite.eval.evaluator import EVALUATOR_VERSION, Evaluator, load_evaluator
 
     if checkpoint:
         return load_evaluator(checkpoint)
-    if getattr(datamodule, "label_kind", None) != "class":
+    kind = getattr(datamodule, "label_kind", None)
+    if kind not in ("class", "attributes"):
         raise ValueError(
-            "the class evaluator needs a LabelledDataModule with class labels (label_kind "
-            f"'class'); got {type(datamodule).__name__}: pass model.evaluator_checkpoint"
+            "the class / attribute evaluator needs a LabelledDataModule with class or "
+            f"attribute labels (label_kind 'class' or 'attributes'); got "
+            f"{type(datamodule).__name__}: pass model.evaluator_checkpoint"
         )
     overrides = {
         "channels": 3,
@@ -165,17 +183,22 @@ def load_or_train_label_evaluator(
         "width": width,
         "input_size": 32 if size <= 40 else 64,
     }
+    if kind == "attributes":
+        ev_args["attribute_names"] = list(datamodule.attribute_names)
     identity = {
         "version": [EVALUATOR_VERSION, "labelled-1"],
         "data": data_args,
         "evaluator": ev_args,
         "train": {"max_epochs": max_epochs, "seed": seed},
     }
+    if kind == "attributes":  # only here: the cached class evaluators keep their keys
+        identity["labels"] = {"kind": kind, "attributes": ev_args["attribute_names"]}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
     folder = folder / "evaluators"
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt = folder / f"labelled-{key[:20]}.ckpt"
+    prefix = "labelled" if kind == "class" else "attributes"
+    ckpt = folder / f"{prefix}-{key[:20]}.ckpt"
     with file_lock(ckpt.with_suffix(".lock")):
         if not ckpt.is_file():
             dm = LabelledDataModule(**data_args)
@@ -184,16 +207,13 @@ def load_or_train_label_evaluator(
             # called from validation/test hooks, which run under inference mode
             with torch.inference_mode(False), torch.enable_grad(), seeded(seed):
                 model = Evaluator(**ev_args)
-                _train_classifier(model, dm.train_dataloader(), max_epochs)
+                _train_classifier(model, dm.train_dataloader(), max_epochs, kind)
             model.eval()
             with torch.no_grad():
-                hits = [
-                    (model.classify(b["image"]).argmax(1) == b["label_true"]).float()
-                    for b in dm.test_dataloader()
-                ]
-            acc = float(torch.cat(hits).mean())
-            report = {"accuracy_real_test": acc, "n_test": len(dm.test_set), **identity}
-            rank_zero_info(f"[gan-suite] class evaluator: real test accuracy {acc:.3f} -> {ckpt}")
+                accuracy = _held_out_accuracy(model, dm.test_dataloader(), kind)
+            report = {**accuracy, "n_test": len(dm.test_set), **identity}
+            acc = accuracy["accuracy_real_test"]
+            rank_zero_info(f"[gan-suite] {kind} evaluator: real test accuracy {acc:.3f} -> {ckpt}")
             atomic_write(ckpt.with_suffix(".json"), lambda p: p.write_text(json.dumps(report)))
             state = {
                 "state_dict": model.state_dict(),
@@ -205,8 +225,11 @@ def load_or_train_label_evaluator(
         return load_evaluator(ckpt)
 
 
-def _train_classifier(model, loader, max_epochs: int) -> None:
-    """Adam under a one-cycle schedule (the Evaluator's own recipe), class cross-entropy."""
+def _train_classifier(model, loader, max_epochs: int, label_kind: str = "class") -> None:
+    """Adam under a one-cycle schedule (the Evaluator's own recipe) on the true labels:
+    class cross-entropy (``label_kind="class"``) or binary cross-entropy with logits of each
+    attribute (``"attributes"``, float 0/1 targets (N, A))."""
+    loss_fn = F.cross_entropy if label_kind == "class" else F.binary_cross_entropy_with_logits
     opt = torch.optim.Adam(
         model.parameters(), lr=model.hparams.lr, weight_decay=model.hparams.weight_decay
     )
@@ -216,8 +239,27 @@ def _train_classifier(model, loader, max_epochs: int) -> None:
     model.train()
     for _ in range(max_epochs):
         for batch in loader:
-            loss = F.cross_entropy(model.classify(model.augment(batch["image"])), batch["label"])
+            logits = model.net.classify(model.augment(batch["image"]))
+            loss = loss_fn(logits, batch["label_true"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+
+
+def _held_out_accuracy(model, loader, label_kind: str) -> dict:
+    """``accuracy_real_test`` on ``loader``'s true labels; for attributes the mean over the
+    attributes, with ``accuracy_real_test_per_attribute`` ``{name: accuracy}`` beside it."""
+    if label_kind == "class":
+        hits = [(model.classify(b["image"]).argmax(1) == b["label_true"]).float() for b in loader]
+        return {"accuracy_real_test": float(torch.cat(hits).mean())}
+    hits = [
+        ((model.classify_attributes(b["image"]) > 0) == (b["label_true"] > 0.5)).float()
+        for b in loader
+    ]
+    per_attribute = torch.cat(hits).mean(0)  # (A,)
+    names = model.hparams.attribute_names
+    return {
+        "accuracy_real_test": float(per_attribute.mean()),
+        "accuracy_real_test_per_attribute": dict(zip(names, per_attribute.tolist())),
+    }

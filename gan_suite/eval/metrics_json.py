@@ -14,6 +14,13 @@
         "B->A/kid":  {"value": null, "n_images": 200, "extractor": "inception", "finite": false}},
      "extra": {...}}                   # only when ``extra`` was given
 
+The ``Evaluation`` callback's ``extra`` names the judge of the evaluator-based metrics under
+``"evaluator"``: ``{"checkpoint": "/abs/...ckpt", "accuracy_real_test": 0.98, "n_test": 60}``
+(the held-out numbers of the report beside the evaluator's checkpoint, whatever kind: class
+and attribute evaluators report ``accuracy_real_test`` (attributes also
+``accuracy_real_test_per_attribute``), the two-domain shapes evaluator ``accuracy_A``,
+``miou_A``, ...; see :func:`gan_suite.eval.evaluator.evaluator_summary`).
+
 Every metric entry has ``value`` (float, or null when the metric was NaN/inf/not a number, then
 flagged ``"finite": false``) and ``n_images`` (int); ``extractor`` names the feature network of
 feature-based metrics (FIDs from different extractors are not comparable); any further keys are

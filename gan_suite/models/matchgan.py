@@ -1,0 +1,136 @@
+"""MatchGAN (Sun et al. 2020): StarGAN trained on a small labelled fraction plus the unlabelled
+rest, with a matching loss on the discriminator's embeddings.
+
+What it adds to :class:`~gan_suite.models.stargan.StarGAN` (the official code's choices):
+
+- **Batches** alternate (``data.batch_composition: matched``): a labelled batch of
+  ``classes_per_batch`` attribute patterns x ``batch_size / classes_per_batch`` images each,
+  contiguous per pattern, then an unlabelled batch of random images.
+- **Label-space augmentation**: targets are drawn from the label space of the labelled data,
+  ``classes_per_batch`` distinct patterns, pattern ``j % k`` for image j; so unlabelled images
+  are translated too, and every generated image carries a known label.
+- **Matching** (``match_weight``, lambda_match = 0.5): triplets of (anchor, positive with the
+  same label, negative with another) become pairs (:func:`~gan_suite.losses.matchgan_pairs`);
+  D's embeddings of a pair are concatenated along channels and one conv predicts match / no
+  match (2-class cross-entropy). D learns it on real labelled batches (pairs share the real
+  label); G is trained so that its translations match by *target* label, on every batch.
+- **Unlabelled batches** skip the terms that need the original label: D's classification and
+  matching of real images, and G's reconstruction.
+
+One device:  gan-suite fit --config experiments/matchgan.yaml
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gan_suite.losses import matchgan_pairs
+from gan_suite.models.stargan import StarGAN
+
+
+class MatchGAN(StarGAN):
+    """StarGAN + label-space augmentation + the pair-matching loss (see the module docstring).
+
+    Args:
+        match_weight: lambda_match, weight of the matching loss in D's and G's objectives (0.5).
+        classes_per_batch: label groups per batch (4); must equal the data's
+            ``classes_per_batch``.
+        **stargan: every :class:`StarGAN` argument.
+
+    Raises:
+        ValueError: at setup, when the data does not serve matched batches with the same
+            ``classes_per_batch``; at a training step, a batch mixing labelled and unlabelled
+            images or a labelled batch whose groups do not share a label.
+    """
+
+    match_head = True
+
+    def __init__(self, match_weight: float = 0.5, classes_per_batch: int = 4, **stargan) -> None:
+        super().__init__(**stargan)
+        self.save_hyperparameters()
+        self.label_space: Tensor | None = None
+
+    # -- the label space of the labelled data ---------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if dm is None or stage != "fit":
+            return
+        if getattr(dm, "batch_composition", None) != "matched":
+            raise ValueError(
+                "MatchGAN trains on alternating labelled (classes x images) and unlabelled "
+                "batches: set data.init_args.batch_composition: matched"
+            )
+        if dm.classes_per_batch != self.hparams.classes_per_batch:
+            raise ValueError(
+                f"data.classes_per_batch={dm.classes_per_batch} differs from "
+                f"model.classes_per_batch={self.hparams.classes_per_batch}"
+            )
+        self.label_space = dm.label_space().float()  # (P, A) patterns of the labelled images
+
+    def sample_targets(self, n: int) -> Tensor:
+        """(n, A) targets: k distinct patterns of the label space, pattern ``j % k`` for image
+        j (the official code's interleaving), k = ``classes_per_batch``."""
+        if self.label_space is None:
+            raise RuntimeError("MatchGAN.label_space is set in setup('fit') from the data")
+        k = self.hparams.classes_per_batch
+        chosen = torch.randperm(len(self.label_space))[:k]
+        return self.label_space[chosen][torch.arange(n) % k].to(self.device)
+
+    # -- the algorithm --------------------------------------------------------------------
+    def _batch_kind(self, batch: dict) -> Tensor | None:
+        """c_org (N, A) of a labelled batch, None for an unlabelled one."""
+        labelled = batch["labelled"]
+        if bool(labelled.all()):
+            c_org = batch["label"].float()
+            k = self.hparams.classes_per_batch
+            groups = c_org.view(k, -1, c_org.shape[1])
+            if not bool((groups == groups[:, :1]).all()):
+                raise ValueError(
+                    "a labelled MatchGAN batch must hold classes_per_batch groups of images "
+                    "with one label each: set data.init_args.batch_composition: matched"
+                )
+            return c_org
+        if bool((~labelled).any()) and bool(labelled.any()):
+            raise ValueError(
+                "this batch mixes labelled and unlabelled images; MatchGAN alternates whole "
+                "batches: set data.init_args.batch_composition: matched"
+            )
+        return None
+
+    def _match_loss(self, h: Tensor, n_groups: int) -> Tensor:
+        """Cross-entropy of D's match head on the pairs of a batch of ``n_groups`` contiguous
+        label groups, from D's embeddings ``h`` (N, ...)."""
+        first, second, same = matchgan_pairs(n_groups, h.shape[0] // n_groups)
+        logits = self.D.match_logits(h[first], h[second])
+        return F.cross_entropy(logits, same.to(logits.device))
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        x = self.prepare_images(batch["image"])
+        c_org = self._batch_kind(batch)
+        c_trg = self.sample_targets(len(x))
+        hp = self.hparams
+        if self.runs("Dmain"):
+            opt_d = self.phase_optimizer("Dmain")
+            with self.toggled_optimizer(opt_d):
+                terms = self._critic_terms(x, c_org, c_trg)
+                h_real = terms.pop("_h_real")
+                if c_org is not None:  # real pairs share their real label
+                    terms["d_match"] = self._match_loss(h_real, hp.classes_per_batch)
+                    terms["d_loss"] = terms["d_loss"] + hp.match_weight * terms["d_match"]
+                self.log_terms("train", terms, prog_bar=("d_loss",))
+                self.backward_and_step(opt_d, terms["d_loss"])
+        if self.runs("Gmain"):
+            opt_g = self.phase_optimizer("Gmain")
+            with self.toggled_optimizer(opt_g):
+                terms, _, h_fake = self._generator_terms(x, c_org, c_trg)
+                # group the translations by target: image j carries pattern j % k
+                order = torch.argsort(torch.arange(len(x)) % hp.classes_per_batch, stable=True)
+                terms["g_match"] = self._match_loss(
+                    h_fake[order.to(h_fake.device)], hp.classes_per_batch
+                )
+                terms["g_loss"] = terms["g_loss"] + hp.match_weight * terms["g_match"]
+                self.log_terms("train", terms, prog_bar=("g_loss",))
+                self.backward_and_step(opt_g, terms["g_loss"])

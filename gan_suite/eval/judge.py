@@ -172,6 +172,13 @@ def load_or_train_label_evaluator(
         "batch_size": 64,
         "num_workers": 0,
         "pin_memory": False,
+        # how a model's run draws or batches its labels does not change the judge: every
+        # run on the same images (StarGAN at 100%, on a subset, MatchGAN) gets the same one
+        "labelled_sampling": "stratified",
+        "labelled_list": None,
+        "batch_composition": "random",
+        "classes_per_batch": 4,
+        "train_unlabelled": True,
     }
     # hparams also hold LightningCLI's bookkeeping (``_class_path``): keep constructor args
     accepted = inspect.signature(LabelledDataModule).parameters

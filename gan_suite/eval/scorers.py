@@ -302,6 +302,7 @@ class AttributeScorer(nn.Module):
             if per[1, a] > 0:
                 out[f"target_attribute_acc/{name}"] = {
                     "value": float(per[0, a] / per[1, a]),
+                    "n_images": int(c["n"]),
                     "n_attributes": int(per[1, a]),
                     **JUDGED,
                 }

@@ -19,6 +19,7 @@ every epoch, so the schedule reads in the paper's unit.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -106,7 +107,12 @@ class GANModule(L.LightningModule):
         stepped = False
         for config in configs:
             if config.interval == interval:
-                config.scheduler.step()
+                with warnings.catch_warnings():
+                    # a phase that skips iterations (StarGAN's G: every n_critic-th) has not
+                    # stepped its optimizer yet; the schedule still follows the iteration
+                    # count by design, which is what PyTorch's order warning is about
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                    config.scheduler.step()
                 stepped = True
         if stepped and interval == "epoch":
             first = self.optimizers(use_pl_optimizer=False)

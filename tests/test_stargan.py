@@ -193,6 +193,10 @@ def test_matchgan_alternates_labelled_and_unlabelled_terms(make_trainer):
     targets = model.sample_targets(8)
     assert {tuple(r) for r in targets.tolist()} <= space
     assert torch.equal(targets[:2], targets[2:4]) and not torch.equal(targets[0], targets[1])
+    # the sample grid: each input, then its translation for every attribute
+    batch = next(iter(dm.val_dataloader()))
+    (panel,) = model.sample_panels(batch).values()
+    assert len(panel) == 1 + len(ATTRS) and all(p.shape == batch["image"].shape for p in panel)
 
 
 def test_matchgan_refuses_unmatched_batches(make_trainer):
@@ -241,23 +245,24 @@ def _tiny_cli(paper: str) -> list[str]:
     ]
 
 
-YAML = {"stargan": "stargan.yaml", "matchgan": "matchgan.yaml"}
+YAML = {"stargan": "stargan.yaml", "matchgan": "matchgan.yaml", "matchgan-dev": "matchgan.yaml"}
 # fast_dev_run skips the run directory's config.yaml (and labelled_list.txt): MatchGAN's
 # case trains 2 real batches instead
+MATCHED_2 = ["--model.init_args.classes_per_batch=2", "--data.init_args.classes_per_batch=2"]
 BUDGET = {
     "stargan": ["--trainer.fast_dev_run=1"],
+    "matchgan-dev": ["--trainer.fast_dev_run=1", *MATCHED_2, "--data.init_args.batch_size=8"],
     "matchgan": [
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=0",
-        "--model.init_args.classes_per_batch=2",
-        "--data.init_args.classes_per_batch=2",
+        *MATCHED_2,
         "--data.init_args.batch_size=8",
     ],
 }
 
 
-@pytest.mark.parametrize("paper", ["stargan", "matchgan"])
+@pytest.mark.parametrize("paper", ["stargan", "matchgan-dev", "matchgan"])
 def test_cli_fast_dev_run_then_test_writes_the_attribute_metrics(paper):
     from gan_suite.cli import cli_main
 
@@ -275,6 +280,7 @@ def test_cli_fast_dev_run_then_test_writes_the_attribute_metrics(paper):
     assert set(judge["accuracy_real_test_per_attribute"]) == {"red", "green", "warm_background"}
     listed = run_dir / "labelled_list.txt"
     if paper == "matchgan":  # 10% of the 36 training scenes, named in the run directory
+        # (a fast_dev_run writes no config.yaml and no list)
         names = [n for n in listed.read_text().splitlines() if not n.startswith("#")]
         assert len(names) == int(cli.datamodule.labelled.sum()) >= 3
     else:
@@ -302,3 +308,65 @@ def test_the_judge_is_the_same_for_every_run_on_the_same_images(tmp_path):
     b = load_or_train_label_evaluator(matched, max_epochs=1, cache_dir=str(tmp_path))
     assert a.checkpoint_path == b.checkpoint_path
     assert len(list((tmp_path / "evaluators").glob("*.ckpt"))) == 1
+
+
+def test_stargan_on_rafd_style_class_folders_scores_one_hot_targets(tmp_path, make_trainer):
+    """StarGAN's second dataset: one expression per image (class folders), c = one-hot,
+    softmax cross-entropy, evaluation targets = every class; judged by the class evaluator."""
+    from test_labelled import make_folder_tree
+
+    from datamodules import LabelledDataModule
+    from gan_suite.callbacks import Evaluation
+    from gan_suite.models.stargan import StarGAN
+
+    root = make_folder_tree(tmp_path / "rafd", per_class=8)
+    dm = LabelledDataModule("folder", str(root), image_size=32, batch_size=4, num_workers=0)
+    classes = ["bird", "cat", "dog"]
+    nets = {**NETS, "image_size": 32, "d_repeat_num": 4, "attributes": classes}
+    nets["exclusive_groups"] = None
+    with pytest.raises(ValueError, match="label_kind"):
+        make_trainer().fit(StarGAN(**nets), datamodule=dm)
+    model = StarGAN(**nets, label_kind="class", n_critic=1)
+    assert model.hparams.exclusive_groups == [classes]
+    logits = torch.tensor([[4.0, 0.0, 0.0]])
+    assert model.classification_loss(logits, torch.tensor([[1.0, 0, 0]])) == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0])).item()
+    )
+    evaluation = Evaluation(n_images=6)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=2, callbacks=[evaluation])
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm)
+    results = evaluation.last_results
+    # every test input x 3 classes; asking for the input's own class changes nothing, any
+    # other class changes two entries of the one-hot vector
+    n = min(6, len(dm.test_set))
+    assert results["translations/target_attribute_acc"]["n_images"] == 3 * n
+    assert results["translations/target_attribute_acc"]["n_attributes"] == n * 2 * 2
+    (record,) = model.evaluation_outputs(next(iter(dm.test_dataloader())))
+    assert record.single_choice and bool((record.target_attributes.sum(1) == 1).all())
+
+
+def test_stargan_on_celeba_centre_crops_then_resizes(tmp_path, make_trainer):
+    from test_labelled import make_celeba
+
+    from datamodules import LabelledDataModule
+    from gan_suite.models.stargan import CELEBA_ATTRIBUTES, StarGAN
+
+    root = make_celeba(tmp_path / "celeba")  # 20 x 24 jpgs, as CelebA's 178 x 218
+    dm = LabelledDataModule(
+        "celeba",
+        str(root),
+        attributes=CELEBA_ATTRIBUTES,
+        center_crop=20,
+        image_size=16,
+        batch_size=2,
+        num_workers=0,
+    )
+    dm.setup("fit")
+    assert dm.train_set[0]["image"].shape == (3, 16, 16)
+    nets = {**NETS, "attributes": CELEBA_ATTRIBUTES, "exclusive_groups": None}
+    model = StarGAN(**nets, n_critic=1)
+    assert model.hparams.exclusive_groups == [["Black_Hair", "Blond_Hair", "Brown_Hair"]]
+    trainer = make_trainer(max_epochs=1, limit_train_batches=2)
+    trainer.fit(model, datamodule=dm)
+    assert int(model.iteration) == 2

@@ -159,6 +159,16 @@ class Evaluation(L.Callback):
         attributes, in the same order (``hparams.attribute_names``)."""
         names = getattr(judge, "hparams", {}).get("attribute_names")
         where = getattr(judge, "checkpoint_path", None) or type(judge).__name__
+        n = record.target_attributes.shape[1]
+        if record.single_choice:  # one-hot classes: a class evaluator of as many classes
+            n_classes = getattr(judge, "hparams", {}).get("n_classes")
+            if names is not None or n_classes != n:
+                raise ValueError(
+                    f"translations to one of {n} classes ({record.name!r}) need a class "
+                    f"evaluator of {n} classes; the evaluator {where!r} has "
+                    f"{'attributes ' + str(names) if names else f'{n_classes} classes'}"
+                )
+            return
         if names is None:
             raise ValueError(
                 f"attribute translations ({record.name!r}) need an attribute evaluator, but "
@@ -168,7 +178,6 @@ class Evaluation(L.Callback):
                 "evaluator_checkpoint=... of an attribute evaluator"
             )
         wanted = record.attribute_names or names
-        n = record.target_attributes.shape[1]
         if list(wanted) != list(names) or n != len(names):
             raise ValueError(
                 f"attribute translations ({record.name!r}) ask for {n} attributes "
@@ -193,7 +202,12 @@ class Evaluation(L.Callback):
         elif isinstance(record, AttributeTranslation):
             judge = self._judge(record)
             self._check_attribute_judge(judge, record)
-            scorer = AttributeScorer(judge, self._fidkid(), record.target_attributes.shape[1])
+            scorer = AttributeScorer(
+                judge,
+                self._fidkid(),
+                record.target_attributes.shape[1],
+                single_choice=record.single_choice,
+            )
             scorer.names = record.attribute_names
         elif isinstance(record, SegmentationOutput):
             scorer = SegmentationScorer(record)

@@ -94,6 +94,8 @@ class AttributeTranslation:
         target_attributes: the requested attributes (N, A); where they differ from the source's
             the attribute must change, elsewhere it must be preserved.
         attribute_names: names of the A attributes, for per-attribute keys.
+        single_choice: the A "attributes" are one-hot classes (RaFD's expressions): a class
+            evaluator judges them by its argmax instead of an attribute evaluator.
     """
 
     name: str
@@ -102,6 +104,7 @@ class AttributeTranslation:
     source_attributes: Tensor
     target_attributes: Tensor
     attribute_names: list[str] | None = None
+    single_choice: bool = False
 
 
 @dataclass

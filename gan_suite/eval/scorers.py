@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_suite.eval.distributed import all_gather_cat, all_reduce_sum
@@ -243,14 +244,23 @@ class AttributeScorer(nn.Module):
     """Target-attribute accuracy and attribute preservation of attribute translations.
 
     Args:
-        evaluator: ``classify_attributes(x) -> (N, A)`` logits of binary attributes.
+        evaluator: ``classify_attributes(x) -> (N, A)`` logits of binary attributes (or, with
+            ``single_choice``, ``classify(x) -> (N, A)`` logits of A classes).
         fidkid: FID/KID of the translations against the source images, or None.
         n_attributes: A.
+        single_choice: the attributes are one-hot classes, judged by the argmax.
     """
 
-    def __init__(self, evaluator: nn.Module, fidkid: FIDKID | None, n_attributes: int) -> None:
+    def __init__(
+        self,
+        evaluator: nn.Module,
+        fidkid: FIDKID | None,
+        n_attributes: int,
+        single_choice: bool = False,
+    ) -> None:
         super().__init__()
         self.evaluator = [evaluator]
+        self.single_choice = single_choice
         self.fidkid = fidkid
         self.counts = _Counts(("n", "n_changed", "changed_hits", "n_kept", "kept_hits"))
         self.per_attribute = torch.zeros(2, n_attributes, dtype=torch.float64)  # hits, n changed
@@ -258,7 +268,12 @@ class AttributeScorer(nn.Module):
 
     @torch.no_grad()
     def update(self, rec: AttributeTranslation, with_real: bool) -> None:
-        predicted = (self.evaluator[0].classify_attributes(rec.output) > 0).cpu()
+        judge = self.evaluator[0]
+        if self.single_choice:  # one-hot classes (RaFD): the class evaluator's argmax
+            logits = judge.classify(rec.output)
+            predicted = F.one_hot(logits.argmax(1), logits.shape[1]).bool().cpu()
+        else:
+            predicted = (judge.classify_attributes(rec.output) > 0).cpu()
         target = rec.target_attributes.cpu() > 0.5
         changed = target != (rec.source_attributes.cpu() > 0.5)
         hits = predicted == target

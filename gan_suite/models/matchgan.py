@@ -68,7 +68,7 @@ class MatchGAN(StarGAN):
                 f"data.classes_per_batch={dm.classes_per_batch} differs from "
                 f"model.classes_per_batch={self.hparams.classes_per_batch}"
             )
-        self.label_space = dm.label_space().float()  # (P, A) patterns of the labelled images
+        self.label_space = self.condition(dm.label_space())  # (P, A) labelled patterns
 
     def sample_targets(self, n: int) -> Tensor:
         """(n, A) targets: k distinct patterns of the label space, pattern ``j % k`` for image
@@ -84,7 +84,7 @@ class MatchGAN(StarGAN):
         """c_org (N, A) of a labelled batch, None for an unlabelled one."""
         labelled = batch["labelled"]
         if bool(labelled.all()):
-            c_org = batch["label"].float()
+            c_org = self.condition(batch["label"])
             k = self.hparams.classes_per_batch
             groups = c_org.view(k, -1, c_org.shape[1])
             if not bool((groups == groups[:, :1]).all()):

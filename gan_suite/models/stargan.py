@@ -96,6 +96,10 @@ class StarGAN(GANModule):
         n_iterations: iterations (batches) of the schedule (200,000).
         n_iterations_decay: the last iterations over which the learning rates decay linearly
             to 0 (100,000).
+        label_kind: ``attributes`` (CelebA: binary attributes, BCE per attribute) or
+            ``class`` (RaFD: one class of ``attributes`` per image, c its one-hot vector,
+            softmax cross-entropy as the official code; the data's class names must equal
+            ``attributes``).
         eval_attributes: translate each evaluation input once per attribute (A translations
             per image) - the official test protocol.
         channels_last: convert the nets to channels_last memory format.
@@ -126,12 +130,17 @@ class StarGAN(GANModule):
         n_critic: int = 5,
         n_iterations: int = 200_000,
         n_iterations_decay: int = 100_000,
+        label_kind: str = "attributes",
         channels_last: bool = False,
     ) -> None:
         super().__init__(channels_last=channels_last)
+        if label_kind not in ("attributes", "class"):
+            raise ValueError(f"label_kind={label_kind!r}: expected 'attributes' or 'class'")
         if attributes is None:
             attributes = list(CELEBA_ATTRIBUTES)
-        if exclusive_groups is None:
+        if label_kind == "class":  # one-hot classes: a single exclusive group
+            exclusive_groups = [list(attributes)]
+        elif exclusive_groups is None:
             exclusive_groups = [["Black_Hair", "Blond_Hair", "Brown_Hair"]]
             exclusive_groups = [[a for a in g if a in attributes] for g in exclusive_groups]
         self.save_hyperparameters()  # with the resolved attributes and groups
@@ -164,6 +173,18 @@ class StarGAN(GANModule):
         """Translate (N, C, H, W) images in [-1, 1] to (N, A) 0/1 target attributes."""
         return self.G(self.prepare_images(x), c.to(self.device, torch.float32))
 
+    def condition(self, labels: Tensor) -> Tensor:
+        """The data's labels as c: float (N, A) 0/1 attributes, or one-hot classes."""
+        if labels.dim() == 1:
+            return F.one_hot(labels.long(), len(self.hparams.attributes)).float()
+        return labels.float()
+
+    def classification_loss(self, logits: Tensor, c: Tensor) -> Tensor:
+        """Eqs. 2-3: BCE per attribute (CelebA) or cross-entropy of the class (RaFD)."""
+        if self.hparams.label_kind == "class":
+            return F.cross_entropy(logits, c.argmax(1))
+        return attribute_classification_loss(logits, c)
+
     def labelled_batch(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(x, c_org) of a fully labelled batch.
 
@@ -177,7 +198,7 @@ class StarGAN(GANModule):
                 "data.labelled_fraction < 1 set data.init_args.train_unlabelled: false "
                 "(the baseline on the labelled subset) or train matchgan"
             )
-        return self.prepare_images(batch["image"]), batch["label"].float()
+        return self.prepare_images(batch["image"]), self.condition(batch["label"])
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         x, c_org = self.labelled_batch(batch)
@@ -205,7 +226,7 @@ class StarGAN(GANModule):
             terms["d_gp"] = gradient_penalty(self.D, x, fake)
             terms["d_loss"] = terms["d_loss"] + hp.gp_weight * terms["d_gp"]
         if c_org is not None:
-            terms["d_cls"] = attribute_classification_loss(cls_real, c_org)
+            terms["d_cls"] = self.classification_loss(cls_real, c_org)
             terms["d_loss"] = terms["d_loss"] + hp.cls_weight * terms["d_cls"]
         terms["_h_real"] = h_real
         return terms
@@ -228,7 +249,7 @@ class StarGAN(GANModule):
         src_fake, cls_fake = self.D.heads(h_fake)
         terms = {
             "g_adv": generator_adv_loss(src_fake, "wgan-gp"),
-            "g_cls": attribute_classification_loss(cls_fake, c_trg),
+            "g_cls": self.classification_loss(cls_fake, c_trg),
         }
         terms["g_loss"] = terms["g_adv"] + hp.cls_weight * terms["g_cls"]
         if c_org is not None:
@@ -264,15 +285,18 @@ class StarGAN(GANModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if dm is None:
             return
-        names = getattr(dm, "attribute_names", None)
-        if getattr(dm, "label_kind", "attributes") != "attributes" or not names:
+        kind = getattr(dm, "label_kind", self.hparams.label_kind)
+        if kind != self.hparams.label_kind:
             raise ValueError(
-                f"{type(self).__name__} needs attribute labels: set data.init_args.attributes "
-                f"(the model's attributes are {self.hparams.attributes})"
+                f"the data serves {kind} labels but model.init_args.label_kind is "
+                f"{self.hparams.label_kind!r}: set it to {kind!r} (class folders such as RaFD: "
+                "'class'; CelebA or named attributes: 'attributes')"
             )
-        if list(names) != list(self.hparams.attributes):
+        what = "class_names" if kind == "class" else "attribute_names"
+        names = getattr(dm, what, None)
+        if names is not None and list(names) != list(self.hparams.attributes):
             raise ValueError(
-                f"data attributes {list(names)} differ from model.init_args.attributes "
+                f"data {what} {list(names)} differ from model.init_args.attributes "
                 f"{list(self.hparams.attributes)}: give both the same names in the same order"
             )
         for field, want in (("image_size", self.hparams.image_size), ("normalize", "tanh")):
@@ -285,7 +309,7 @@ class StarGAN(GANModule):
 
     # -- validation, test, evaluation -----------------------------------------------------
     def _eval_step(self, batch: dict, prefix: str) -> None:
-        x, c_org = self.prepare_images(batch["image"]), batch["label_true"].float()
+        x, c_org = self.prepare_images(batch["image"]), self.condition(batch["label_true"])
         c_trg = c_org[torch.randperm(len(c_org), device=c_org.device)]
         terms = self._critic_terms(x, c_org, c_trg, with_gp=False)
         terms.pop("_h_real")
@@ -307,7 +331,7 @@ class StarGAN(GANModule):
         """For the Evaluation callback: every input translated once per attribute; the judge
         scores the requested change (target_attribute_acc) and that the other attributes
         stay (attribute_preservation); FID/KID against the inputs."""
-        x, c_org = self.prepare_images(batch["image"]), batch["label_true"].float()
+        x, c_org = self.prepare_images(batch["image"]), self.condition(batch["label_true"])
         fakes, targets = self.translate_per_attribute(x, c_org)
         n = len(fakes)
         return [
@@ -318,17 +342,18 @@ class StarGAN(GANModule):
                 c_org.repeat(n, 1),
                 torch.cat(targets),
                 attribute_names=list(self.hparams.attributes),
+                single_choice=self.hparams.label_kind == "class",
             )
         ]
 
     def sample_panels(self, batch: dict) -> dict[str, list[Tensor]]:
         """Each input, then its translation for every attribute (the paper's figure 4)."""
-        x, c_org = self.prepare_images(batch["image"]), batch["label_true"].float()
+        x, c_org = self.prepare_images(batch["image"]), self.condition(batch["label_true"])
         fakes, _ = self.translate_per_attribute(x, c_org)
         return {"input | " + " | ".join(self.hparams.attributes): [x, *fakes]}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         """(N, A, C, H, W): each input translated once per attribute."""
-        x, c_org = self.prepare_images(batch["image"]), batch["label_true"].float()
+        x, c_org = self.prepare_images(batch["image"]), self.condition(batch["label_true"])
         fakes, _ = self.translate_per_attribute(x, c_org)
         return {"fake": torch.stack(fakes, dim=1)}

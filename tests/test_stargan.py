@@ -370,3 +370,28 @@ def test_stargan_on_celeba_centre_crops_then_resizes(tmp_path, make_trainer):
     trainer = make_trainer(max_epochs=1, limit_train_batches=2)
     trainer.fit(model, datamodule=dm)
     assert int(model.iteration) == 2
+
+
+@pytest.mark.parametrize("features,learns", [("concat", False), ("relation", True)])
+def test_the_official_concat_match_head_cannot_learn_matching(features, learns):
+    """MatchGAN's pair task on fixed embeddings of 4 labels: the official head (a conv over
+    the concatenated embeddings = f(h_1) + g(h_2)) stays at chance, ln 2; the same conv over
+    relation features (|h_1 - h_2|, h_1 * h_2) learns it."""
+    torch.manual_seed(0)
+    d = StarGANDiscriminator(16, 3, conv_dim=4, repeat_num=3, match_head=True)
+    d.match_features = features
+    centres = torch.randn(4, 16, 2, 2)  # one embedding per label (D's 16-channel 2x2 map)
+    first, second, same = matchgan_pairs(4, 4)
+    opt = torch.optim.Adam(d.match.parameters(), lr=0.05)
+    for _ in range(300):
+        # 4 groups of 4 images, each group one label drawn at random (as MatchGAN's batches)
+        h = centres[torch.randperm(4)].repeat_interleave(4, 0)
+        h = h + 0.05 * torch.randn(16, 16, 2, 2)
+        loss = torch.nn.functional.cross_entropy(d.match_logits(h[first], h[second]), same)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if learns:
+        assert loss.item() < 0.1
+    else:
+        assert loss.item() > math.log(2) - 0.05

@@ -37,6 +37,11 @@ class MatchGAN(StarGAN):
         match_weight: lambda_match, weight of the matching loss in D's and G's objectives (0.5).
         classes_per_batch: label groups per batch (4); must equal the data's
             ``classes_per_batch``.
+        match_features: ``concat`` (official: one conv over the two embeddings side by side)
+            or ``relation`` (the same conv over ``|h_1 - h_2|`` and ``h_1 * h_2``). The
+            official head is a sum of a function of each image and cannot tell whether two
+            images share a label: its loss stays at ln 2 (see
+            :class:`~gan_suite.nets.stargan.StarGANDiscriminator`).
         **stargan: every :class:`StarGAN` argument.
 
     Raises:
@@ -47,9 +52,18 @@ class MatchGAN(StarGAN):
 
     match_head = True
 
-    def __init__(self, match_weight: float = 0.5, classes_per_batch: int = 4, **stargan) -> None:
+    def __init__(
+        self,
+        match_weight: float = 0.5,
+        classes_per_batch: int = 4,
+        match_features: str = "concat",
+        **stargan,
+    ) -> None:
         super().__init__(**stargan)
         self.save_hyperparameters()
+        if match_features not in ("concat", "relation"):
+            raise ValueError(f"match_features={match_features!r}: expected concat or relation")
+        self.D.match_features = match_features
         self.label_space: Tensor | None = None
 
     # -- the label space of the labelled data ---------------------------------------------

@@ -106,9 +106,16 @@ class StarGANDiscriminator(nn.Module):
         repeat_num: stride-2 convs (6 at 128 px).
         channels: image channels (3).
         match_head: add MatchGAN's pair classifier.
+        match_features: what the pair classifier sees: ``concat`` (the official code: the two
+            embeddings side by side) or ``relation`` (``|h_1 - h_2|`` and ``h_1 * h_2``, same
+            channel count and parameters). A conv over the concatenation is a sum
+            ``f(h_1) + g(h_2)``, and no such sum can say whether two images share a label
+            (with labels a, b it would need g(a) > g(b) and g(b) > g(a)); the relation
+            features are symmetric and can.
 
     Raises:
-        ValueError: ``image_size`` not a multiple of ``2**repeat_num``.
+        ValueError: ``image_size`` not a multiple of ``2**repeat_num``, or an unknown
+            ``match_features``.
     """
 
     def __init__(
@@ -119,8 +126,12 @@ class StarGANDiscriminator(nn.Module):
         repeat_num: int = 6,
         channels: int = 3,
         match_head: bool = False,
+        match_features: str = "concat",
     ) -> None:
         super().__init__()
+        if match_features not in ("concat", "relation"):
+            raise ValueError(f"match_features={match_features!r}: expected concat or relation")
+        self.match_features = match_features
         kernel = check_discriminator_size(image_size, repeat_num)
         layers: list[nn.Module] = [
             nn.Conv2d(channels, conv_dim, 4, stride=2, padding=1),
@@ -157,7 +168,11 @@ class StarGANDiscriminator(nn.Module):
         """
         if self.match is None:
             raise RuntimeError("this discriminator has no match head (match_head=False)")
-        return self.match(torch.cat([h_1, h_2], dim=1)).flatten(1)
+        if self.match_features == "relation":
+            pair = torch.cat([(h_1 - h_2).abs(), h_1 * h_2], dim=1)
+        else:
+            pair = torch.cat([h_1, h_2], dim=1)
+        return self.match(pair).flatten(1)
 
 
 def check_discriminator_size(image_size: int, repeat_num: int) -> int:

@@ -74,7 +74,8 @@ class SaveConfigToRunDir(SaveConfigCallback):
         # a semi-supervised run keeps the names of its labelled images beside its config,
         # so that it can be reproduced and compared (MatchGAN's list_attr_celeba_<pc>pc.txt)
         dm = trainer.datamodule
-        if stage == "fit" and getattr(dm, "labelled_fraction", 1.0) < 1.0:
+        partial = getattr(dm, "labelled_fraction", 1.0) < 1.0 or getattr(dm, "labelled_list", None)
+        if stage == "fit" and partial:
             dm.write_labelled_list(path.parent / "labelled_list.txt")
 
 

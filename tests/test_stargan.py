@@ -337,11 +337,12 @@ def test_stargan_on_rafd_style_class_folders_scores_one_hot_targets(tmp_path, ma
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm)
     results = evaluation.last_results
-    # every test input x 3 classes; asking for the input's own class changes nothing, any
-    # other class changes two entries of the one-hot vector
+    # every test input x 3 classes; asking for the input's own class changes nothing; each
+    # request for another class is one judged request
     n = min(6, len(dm.test_set))
     assert results["translations/target_attribute_acc"]["n_images"] == 3 * n
-    assert results["translations/target_attribute_acc"]["n_attributes"] == n * 2 * 2
+    assert results["translations/target_attribute_acc"]["n_attributes"] == n * 2
+    assert "translations/attribute_preservation" not in results  # one-hot: nothing to keep
     (record,) = model.evaluation_outputs(next(iter(dm.test_dataloader())))
     assert record.single_choice and bool((record.target_attributes.sum(1) == 1).all())
 
@@ -395,3 +396,71 @@ def test_the_official_concat_match_head_cannot_learn_matching(features, learns):
         assert loss.item() < 0.1
     else:
         assert loss.item() > math.log(2) - 0.05
+
+
+class _ReadingJudge(nn.Module):
+    """A perfect judge of fake "images" that carry their attributes in the first pixel row:
+    x[:, 0, 0, :A] holds the 0/1 vector the judge reports."""
+
+    def __init__(self, names: list[str] | None) -> None:
+        super().__init__()
+        self.hparams = {"attribute_names": names, "n_classes": 3}
+
+    def classify_attributes(self, x):
+        return x[:, 0, 0, :3] * 20 - 10
+
+    classify = classify_attributes
+
+
+def _fakes(vectors: list[list[float]]) -> torch.Tensor:
+    x = torch.zeros(len(vectors), 3, 1, 3)
+    x[:, 0, 0, :] = torch.tensor(vectors)
+    return x
+
+
+def test_attribute_scores_judge_the_request_not_its_side_effects():
+    """Helper-found cases: a G that only switches black hair off when asked for blond fulfils
+    no request; a G that answers every class request with a third class scores 0."""
+    from gan_suite.eval.protocol import AttributeTranslation
+    from gan_suite.eval.scorers import AttributeScorer
+
+    names = ["Black_Hair", "Blond_Hair", "Male"]
+    source = torch.tensor([[1.0, 0, 0]])
+    targets = attribute_targets(source, [[0, 1]])  # black (no change), blond, male
+    outputs = [[1, 0, 0], [0, 0, 0], [1, 0, 1]]  # blond request: black off, blond not on
+    record = AttributeTranslation(
+        "t", _fakes(outputs), source, source.repeat(3, 1), torch.cat(targets),
+        attribute_names=names, requested=torch.arange(3),
+    )  # fmt: skip
+    scorer = AttributeScorer(_ReadingJudge(names), None, 3)
+    scorer.update(record, with_real=False)
+    out = scorer.compute()
+    assert out["target_attribute_acc"]["value"] == 0.5  # male done, blond not
+    assert out["target_attribute_acc/Blond_Hair"]["value"] == 0.0
+    assert out["target_attribute_acc/Male"]["value"] == 1.0
+    assert "target_attribute_acc/Black_Hair" not in out  # never requested to change
+
+    classes = torch.tensor([[1.0, 0, 0]])  # class 0; requests for classes 1 and 2
+    record = AttributeTranslation(
+        "c", _fakes([[0, 0, 1], [0, 0, 1]]), classes, classes.repeat(2, 1),
+        torch.tensor([[0.0, 1, 0], [0, 0, 1]]), single_choice=True,
+        requested=torch.tensor([1, 2]),
+    )  # fmt: skip
+    scorer = AttributeScorer(_ReadingJudge(None), None, 3, single_choice=True)
+    scorer.update(record, with_real=False)
+    out = scorer.compute()
+    assert out["target_attribute_acc"]["value"] == 0.5  # class 2 right, class 1 answered 2
+    assert out["target_attribute_acc/1"]["value"] == 0.0
+    assert "attribute_preservation" not in out
+
+
+def test_option_checks_overlapping_groups_and_even_n_critic(make_trainer):
+    from gan_suite.models.matchgan import MatchGAN
+    from gan_suite.models.stargan import StarGAN
+
+    with pytest.raises(ValueError, match="overlap"):
+        StarGAN(**{**NETS, "exclusive_groups": [["red", "green"], ["green", "warm_background"]]})
+    model = MatchGAN(**NETS, n_critic=2, classes_per_batch=2)
+    dm = _shapes(labelled_fraction=0.5, batch_composition="matched", classes_per_batch=2)
+    with pytest.raises(ValueError, match="n_critic=2 is even"):
+        make_trainer(max_epochs=1).fit(model, datamodule=dm)

@@ -96,6 +96,8 @@ class AttributeTranslation:
         attribute_names: names of the A attributes, for per-attribute keys.
         single_choice: the A "attributes" are one-hot classes (RaFD's expressions): a class
             evaluator judges them by its argmax instead of an attribute evaluator.
+        requested: int64 (N,) index of the attribute each translation asks for (StarGAN's
+            test protocol), or None: then every changed attribute counts as requested.
     """
 
     name: str
@@ -105,6 +107,7 @@ class AttributeTranslation:
     target_attributes: Tensor
     attribute_names: list[str] | None = None
     single_choice: bool = False
+    requested: Tensor | None = None
 
 
 @dataclass

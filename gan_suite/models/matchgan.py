@@ -83,6 +83,13 @@ class MatchGAN(StarGAN):
                 f"model.classes_per_batch={self.hparams.classes_per_batch}"
             )
         self.label_space = self.condition(dm.label_space())  # (P, A) labelled patterns
+        if self.hparams.n_critic % 2 == 0 and not bool(dm.labelled.all()):
+            # batches alternate labelled / unlabelled and G steps on iterations n-1, 2n-1, ...
+            raise ValueError(
+                f"model.n_critic={self.hparams.n_critic} is even: with alternating labelled "
+                "and unlabelled batches every G step would fall on an unlabelled batch (no "
+                "reconstruction, no labelled signal for G); use an odd n_critic (5, the paper's)"
+            )
 
     def sample_targets(self, n: int) -> Tensor:
         """(n, A) targets: k distinct patterns of the label space, pattern ``j % k`` for image

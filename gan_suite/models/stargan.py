@@ -144,7 +144,13 @@ class StarGAN(GANModule):
             exclusive_groups = [["Black_Hair", "Blond_Hair", "Brown_Hair"]]
             exclusive_groups = [[a for a in g if a in attributes] for g in exclusive_groups]
         self.save_hyperparameters()  # with the resolved attributes and groups
-        unknown = sorted({a for g in exclusive_groups for a in g} - set(attributes))
+        grouped = [a for g in exclusive_groups for a in g]
+        if len(grouped) != len(set(grouped)):
+            raise ValueError(
+                f"exclusive_groups {exclusive_groups} overlap: an attribute may "
+                "belong to one group only"
+            )
+        unknown = sorted(set(grouped) - set(attributes))
         if unknown:
             raise ValueError(
                 f"exclusive_groups name {unknown}, which are not among attributes {attributes}"
@@ -195,7 +201,7 @@ class StarGAN(GANModule):
             raise ValueError(
                 "StarGAN trains on labelled images only, but this batch holds "
                 f"{int((~batch['labelled']).sum())} unlabelled ones: with "
-                "data.labelled_fraction < 1 set data.init_args.train_unlabelled: false "
+                "a labelled fraction or list set data.init_args.train_unlabelled: false "
                 "(the baseline on the labelled subset) or train matchgan"
             )
         return self.prepare_images(batch["image"]), self.condition(batch["label"])
@@ -299,7 +305,11 @@ class StarGAN(GANModule):
                 f"data {what} {list(names)} differ from model.init_args.attributes "
                 f"{list(self.hparams.attributes)}: give both the same names in the same order"
             )
-        for field, want in (("image_size", self.hparams.image_size), ("normalize", "tanh")):
+        for field, want in (
+            ("image_size", self.hparams.image_size),
+            ("channels", self.hparams.channels),
+            ("normalize", "tanh"),
+        ):
             have = getattr(dm, field, want)
             if have != want:
                 raise ValueError(
@@ -338,11 +348,12 @@ class StarGAN(GANModule):
             AttributeTranslation(
                 "translations",
                 torch.cat(fakes),
-                x.repeat(n, 1, 1, 1),
+                x,  # FID/KID's real side: each input once
                 c_org.repeat(n, 1),
                 torch.cat(targets),
                 attribute_names=list(self.hparams.attributes),
                 single_choice=self.hparams.label_kind == "class",
+                requested=torch.arange(n).repeat_interleave(len(x)),
             )
         ]
 

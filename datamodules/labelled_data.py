@@ -210,7 +210,14 @@ def load_labelled_list(path: Path, keys: Sequence[str]) -> np.ndarray:
     ``#`` comments skipped). An entry that is not in ``keys`` raises, naming file and line."""
     where = {key: i for i, key in enumerate(keys)}
     mask = np.zeros(len(keys), dtype=bool)
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise AnnotationError(
+            f"labelled list {str(path)!r} (data.labelled_list) is not UTF-8 text: {err}; "
+            "expected one training item per line"
+        ) from err
+    for number, line in enumerate(text.splitlines(), start=1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
@@ -228,7 +235,7 @@ def load_labelled_list(path: Path, keys: Sequence[str]) -> np.ndarray:
 
 def read_list_header(path: Path) -> dict[str, str]:
     """The ``key=value`` pairs of the first line of a labelled list, if it is a comment."""
-    with path.open() as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         first = f.readline().strip()
     if not first.startswith("#"):
         return {}
@@ -274,10 +281,18 @@ class LabelledTransform:
             center_crop=center_crop,
         )
         self.image_size, self.channels, self.normalize = image_size, channels, normalize
+        self.center_crop = center_crop
         # train with load == crop: the random crop is a no-op, only the flip draws
         self.deterministic = not (train and flip)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+        crop = self.center_crop
+        if crop is not None and min(image.shape[:2]) < crop:
+            raise ValueError(
+                f"data.center_crop={crop} is larger than an image of "
+                f"{image.shape[1]}x{image.shape[0]} px: give a side <= the smallest image side "
+                "(StarGAN's CelebA: 178 of 178x218)"
+            )
         targets = {"image": image} if mask is None else {"image": image, "mask": mask}
         out = apply(self.pipeline, draw_seed(), **targets)
         tensor = out["image"]  # (3, H, W) in [-1, 1]

@@ -464,3 +464,46 @@ def test_option_checks_overlapping_groups_and_even_n_critic(make_trainer):
     dm = _shapes(labelled_fraction=0.5, batch_composition="matched", classes_per_batch=2)
     with pytest.raises(ValueError, match="n_critic=2 is even"):
         make_trainer(max_epochs=1).fit(model, datamodule=dm)
+
+
+def test_matchgan_ddp_two_processes_keep_identical_weights_on_their_own_batches(tmp_path):
+    """2 CPU processes (gloo): the matched sampler is rebuilt by Lightning with each rank's
+    DistributedSampler, so the ranks' first (labelled, class-grouped) batches differ, and
+    after each of the 2 epochs both ranks hold the same G and D."""
+    from cli_helpers import run_ddp_fit
+
+    args = _tiny_cli("matchgan")[3:]  # without "fit --config <yaml>"
+    args = [a for a in args if not a.startswith("--trainer.callbacks")]
+    args += [
+        *MATCHED_2,
+        "--data.init_args.batch_size=8",
+        "--model.init_args.n_critic=1",
+        "--test_after_fit=false",
+        "--trainer.callbacks=[]",
+        "--trainer.callbacks+=ddp_probe.RankStreams",
+    ]
+    report = run_ddp_fit("matchgan.yaml", args, tmp_path, "matchgan")
+    assert report["world_size"] == 2 and max(report["divergence"]) < 1e-6
+    ranks = [json.loads((report["run_dir"] / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(all(r["labelled"]) for r in ranks)  # iteration 0: a labelled batch
+    assert ranks[0]["index"] != ranks[1]["index"]
+
+
+def test_bad_crop_and_unreadable_list_name_the_option(tmp_path):
+    from test_labelled import make_celeba
+
+    from datamodules import LabelledDataModule
+    from datamodules.labelled_celeba import AnnotationError
+
+    root = make_celeba(tmp_path / "celeba")  # 20 x 24 images
+    dm = LabelledDataModule(
+        "celeba", str(root), attributes=["Male"], center_crop=30, image_size=16, num_workers=0
+    )
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="data.center_crop=30 is larger than an image of 20x24"):
+        dm.train_set[0]
+    bad = tmp_path / "list.txt"
+    bad.write_bytes(b"\xff\xfe\x00bad")
+    dm = _shapes(labelled_fraction=0.5, labelled_list=str(bad))
+    with pytest.raises(AnnotationError, match="data.labelled_list"):
+        dm.setup("fit")

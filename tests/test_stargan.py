@@ -507,3 +507,16 @@ def test_bad_crop_and_unreadable_list_name_the_option(tmp_path):
     dm = _shapes(labelled_fraction=0.5, labelled_list=str(bad))
     with pytest.raises(AnnotationError, match="data.labelled_list"):
         dm.setup("fit")
+
+
+def test_each_iteration_translates_once(make_trainer):
+    """The fake is computed once per iteration and shared by D (detached) and G: a critic-only
+    iteration runs G once, a G iteration twice (the fake and its reconstruction)."""
+    from gan_suite.models.stargan import StarGAN
+
+    model = StarGAN(**NETS, n_critic=2)
+    calls: list[int] = []
+    model.G.register_forward_hook(lambda *_: calls.append(int(model.iteration)))
+    trainer = make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=_shapes())
+    assert calls == [0, 1, 1]

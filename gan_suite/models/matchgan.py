@@ -128,30 +128,21 @@ class MatchGAN(StarGAN):
         logits = self.D.match_logits(h[first], h[second])
         return F.cross_entropy(logits, same.to(logits.device))
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_conditions(self, batch: dict) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(x, c_org or None for an unlabelled batch, targets from the label space)."""
         x = self.prepare_images(batch["image"])
-        c_org = self._batch_kind(batch)
-        c_trg = self.sample_targets(len(x))
-        hp = self.hparams
-        if self.runs("Dmain"):
-            opt_d = self.phase_optimizer("Dmain")
-            with self.toggled_optimizer(opt_d):
-                terms = self._critic_terms(x, c_org, c_trg)
-                h_real = terms.pop("_h_real")
-                if c_org is not None:  # real pairs share their real label
-                    terms["d_match"] = self._match_loss(h_real, hp.classes_per_batch)
-                    terms["d_loss"] = terms["d_loss"] + hp.match_weight * terms["d_match"]
-                self.log_terms("train", terms, prog_bar=("d_loss",))
-                self.backward_and_step(opt_d, terms["d_loss"])
-        if self.runs("Gmain"):
-            opt_g = self.phase_optimizer("Gmain")
-            with self.toggled_optimizer(opt_g):
-                terms, _, h_fake = self._generator_terms(x, c_org, c_trg)
-                # group the translations by target: image j carries pattern j % k
-                order = torch.argsort(torch.arange(len(x)) % hp.classes_per_batch, stable=True)
-                terms["g_match"] = self._match_loss(
-                    h_fake[order.to(h_fake.device)], hp.classes_per_batch
-                )
-                terms["g_loss"] = terms["g_loss"] + hp.match_weight * terms["g_match"]
-                self.log_terms("train", terms, prog_bar=("g_loss",))
-                self.backward_and_step(opt_g, terms["g_loss"])
+        return x, self._batch_kind(batch), self.sample_targets(len(x))
+
+    def add_critic_terms(self, terms: dict, h_real: Tensor, c_org: Tensor | None) -> None:
+        """D's matching of real pairs, which share their real label (labelled batches)."""
+        if c_org is not None:
+            terms["d_match"] = self._match_loss(h_real, self.hparams.classes_per_batch)
+            terms["d_loss"] = terms["d_loss"] + self.hparams.match_weight * terms["d_match"]
+
+    def add_generator_terms(self, terms: dict, h_fake: Tensor) -> None:
+        """G's matching of its translations, grouped by target (image j carries pattern
+        j % k), on every batch."""
+        k = self.hparams.classes_per_batch
+        order = torch.argsort(torch.arange(len(h_fake)) % k, stable=True).to(h_fake.device)
+        terms["g_match"] = self._match_loss(h_fake[order], k)
+        terms["g_loss"] = terms["g_loss"] + self.hparams.match_weight * terms["g_match"]

@@ -206,23 +206,46 @@ class StarGAN(GANModule):
             )
         return self.prepare_images(batch["image"]), self.condition(batch["label"])
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_conditions(self, batch: dict) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(x, c_org, c_trg) of a training batch: the batch's own labels, permuted, are the
+        targets (the official ``label_org[randperm]``)."""
         x, c_org = self.labelled_batch(batch)
-        c_trg = c_org[torch.randperm(len(c_org), device=c_org.device)]
+        return x, c_org, c_org[torch.randperm(len(c_org), device=c_org.device)]
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        x, c_org, c_trg = self.training_conditions(batch)
+        # one translation per iteration: D sees it detached, Gmain (when it runs) backpropagates
+        # through it - G does not change in between, as only D steps first
+        with torch.set_grad_enabled(self.runs("Gmain")):
+            fake = self.G(x, c_trg)
         if self.runs("Dmain"):
-            self._discriminator_step(self.phase_optimizer("Dmain"), x, c_org, c_trg)
+            opt_d = self.phase_optimizer("Dmain")
+            with self.toggled_optimizer(opt_d):
+                terms, h_real = self._critic_terms(x, fake.detach(), c_org)
+                self.add_critic_terms(terms, h_real, c_org)
+                self.log_terms("train", terms, prog_bar=("d_loss",))
+                self.backward_and_step(opt_d, terms["d_loss"])
         if self.runs("Gmain"):
-            self._generator_step(self.phase_optimizer("Gmain"), x, c_org, c_trg)
+            opt_g = self.phase_optimizer("Gmain")
+            with self.toggled_optimizer(opt_g):
+                terms, h_fake = self._generator_terms(x, fake, c_org, c_trg)
+                self.add_generator_terms(terms, h_fake)
+                self.log_terms("train", terms, prog_bar=("g_loss",))
+                self.backward_and_step(opt_g, terms["g_loss"])
+
+    def add_critic_terms(self, terms: dict, h_real: Tensor, c_org: Tensor | None) -> None:
+        """Hook for a paper's extra D terms (MatchGAN's matching); StarGAN has none."""
+
+    def add_generator_terms(self, terms: dict, h_fake: Tensor) -> None:
+        """Hook for a paper's extra G terms (MatchGAN's matching); StarGAN has none."""
 
     def _critic_terms(
-        self, x: Tensor, c_org: Tensor | None, c_trg: Tensor, with_gp: bool = True
-    ) -> dict[str, Tensor]:
-        """Eq. 8's critic terms and eq. 2 (when ``c_org`` is known); D's embedding of x is in
-        ``terms["_h_real"]`` for subclasses that reuse it. The penalty needs autograd, which
+        self, x: Tensor, fake: Tensor, c_org: Tensor | None, with_gp: bool = True
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Eq. 8's critic terms on real ``x`` and detached ``fake``, and eq. 2 (when ``c_org``
+        is known); returns them with D's embedding of x. The penalty needs autograd, which
         validation (inference mode) has not: ``with_gp=False`` there."""
         hp = self.hparams
-        with torch.no_grad():  # G is fixed in this phase
-            fake = self.G(x, c_trg)
         h_real = self.D.embed(x)
         src_real, cls_real = self.D.heads(h_real)
         src_fake, _ = self.D(fake)
@@ -234,23 +257,14 @@ class StarGAN(GANModule):
         if c_org is not None:
             terms["d_cls"] = self.classification_loss(cls_real, c_org)
             terms["d_loss"] = terms["d_loss"] + hp.cls_weight * terms["d_cls"]
-        terms["_h_real"] = h_real
-        return terms
-
-    def _discriminator_step(self, opt_d, x: Tensor, c_org: Tensor, c_trg: Tensor) -> None:
-        with self.toggled_optimizer(opt_d):
-            terms = self._critic_terms(x, c_org, c_trg)
-            terms.pop("_h_real")
-            self.log_terms("train", terms, prog_bar=("d_loss",))
-            self.backward_and_step(opt_d, terms["d_loss"])
+        return terms, h_real
 
     def _generator_terms(
-        self, x: Tensor, c_org: Tensor | None, c_trg: Tensor
-    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """Eq. 3, the adversarial term and eq. 4 (when ``c_org`` is known); also returns the
-        fakes and D's embedding of them (MatchGAN reuses it)."""
+        self, x: Tensor, fake: Tensor, c_org: Tensor | None, c_trg: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Eq. 3, the adversarial term and eq. 4 (when ``c_org`` is known) for ``fake`` =
+        G(x, c_trg); returns them with D's embedding of the fakes."""
         hp = self.hparams
-        fake = self.G(x, c_trg)
         h_fake = self.D.embed(fake)
         src_fake, cls_fake = self.D.heads(h_fake)
         terms = {
@@ -261,13 +275,7 @@ class StarGAN(GANModule):
         if c_org is not None:
             terms["g_rec"] = F.l1_loss(self.G(fake, c_org), x)
             terms["g_loss"] = terms["g_loss"] + hp.rec_weight * terms["g_rec"]
-        return terms, fake, h_fake
-
-    def _generator_step(self, opt_g, x: Tensor, c_org: Tensor, c_trg: Tensor) -> None:
-        with self.toggled_optimizer(opt_g):
-            terms, _, _ = self._generator_terms(x, c_org, c_trg)
-            self.log_terms("train", terms, prog_bar=("g_loss",))
-            self.backward_and_step(opt_g, terms["g_loss"])
+        return terms, h_fake
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -320,11 +328,13 @@ class StarGAN(GANModule):
     # -- validation, test, evaluation -----------------------------------------------------
     def _eval_step(self, batch: dict, prefix: str) -> None:
         x, c_org = self.prepare_images(batch["image"]), self.condition(batch["label_true"])
-        c_trg = c_org[torch.randperm(len(c_org), device=c_org.device)]
-        terms = self._critic_terms(x, c_org, c_trg, with_gp=False)
-        terms.pop("_h_real")
-        g_terms, _, _ = self._generator_terms(x, c_org, c_trg)
-        self.log_terms(prefix, {k: v.detach() for k, v in {**terms, **g_terms}.items()})
+        # seeded by the batch: validation must not move the training stream
+        g = torch.Generator().manual_seed(int(batch["index"][0]))
+        c_trg = c_org[torch.randperm(len(c_org), generator=g).to(c_org.device)]
+        fake = self.G(x, c_trg)
+        terms, _ = self._critic_terms(x, fake, c_org, with_gp=False)
+        g_terms, _ = self._generator_terms(x, fake, c_org, c_trg)
+        self.log_terms(prefix, {**terms, **g_terms})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -7,17 +7,20 @@ NAME   ?= cyclegan
 PRESET ?= quick
 DATA   ?=
 RUNS   ?=
+DATASET ?=
 # the base YAML is the paper; a preset adds experiments/presets/<PRESET>.yaml and, when it
 # exists, experiments/presets/<PRESET>/<NAME>.yaml (the paper-specific part of the preset)
 PRESET_FILES := $(wildcard experiments/presets/$(PRESET).yaml) $(wildcard experiments/presets/$(PRESET)/$(NAME).yaml)
-CONFIGS := --config experiments/$(NAME).yaml $(addprefix --config ,$(PRESET_FILES))
+# DATASET=digits|textures|faces: the paper on an embedded real dataset, layered last
+DATASET_FILE := $(if $(DATASET),experiments/datasets/$(DATASET)/$(NAME).yaml)
+CONFIGS := --config experiments/$(NAME).yaml $(addprefix --config ,$(PRESET_FILES) $(DATASET_FILE))
 
 .PHONY: help install test lint format experiment compare bench sweep clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
-	@echo "  variables: NAME=$(NAME) PRESET=$(PRESET) DATA=<dataset root> RUNS=<run dirs>"
+	@echo "  variables: NAME=$(NAME) PRESET=$(PRESET) DATA=<dataset root> DATASET=<digits|textures|faces> RUNS=<run dirs>"
 
 install: $(STAMP) ## create .venv with torch 2.14.1 and the project (editable, dev extra); once
 
@@ -25,7 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,data]'
 	touch $(STAMP)
 
 test: install ## run the test suite (CPU, < 10 min on 2 cores)
@@ -39,7 +42,9 @@ format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-experiment: install ## train NAME with PRESET (quick: embedded data, <= 5 min CPU); DATA=root for real data
+experiment: install ## train NAME with PRESET (quick: embedded data, <= 5 min CPU); DATA=root for real data; DATASET=digits|textures|faces
+	@test -f experiments/$(NAME).yaml || { echo "unknown NAME=$(NAME); papers: $$(cd experiments && ls *.yaml | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
+	@test -z "$(DATASET)" || test -f "$(DATASET_FILE)" || { echo "no $(DATASET_FILE): DATASET=$(DATASET) is set up for NAME=$$(ls experiments/datasets/$(DATASET) 2>/dev/null | sed 's/.yaml//' | tr '\n' ' ') (datasets: $$(ls experiments/datasets | tr '\n' ' '))"; exit 2; }
 	$(VENV)/bin/gan-suite fit $(CONFIGS) $(if $(DATA),--data.data_dir $(DATA))
 
 compare: install ## side-by-side metrics of finished runs: make compare RUNS="runs/a/x runs/b/y"

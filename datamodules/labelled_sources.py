@@ -14,15 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from gan_suite.utils import atomic_write, default_cache_root
 
-from .embedded import load_scenes
 from .io import DatasetLayoutError, ImageReadError, list_images, require_dir
 from .labelled_celeba import load_celeba
 from .labelled_data import LabelKind, LabelledSplit
+from .publish import load_scenes
 
 
 @dataclass
@@ -178,13 +176,17 @@ def read_celeba(root: Path, attributes: list[str] | None) -> LabelledSource:
     )
 
 
-# ---------------------------------------------------------------------------------- shapes
-def read_shapes(
+# ---------------------------------------------------------------------------------- embedded
+def read_scenes(
     root: Path, attributes: list[str] | None, domain: str, masks: bool
 ) -> LabelledSource:
-    """The embedded shapes dataset: class label = ``label`` of scenes.json, or, when
+    """An embedded dataset's ``scenes.json``: class label = each record's ``label``, or, when
     ``attributes`` are named, label = their 0/1 vector; ``attributes`` (all by default) are
-    served beside the label either way."""
+    served beside the label either way.
+
+    The shapes store one record per scene, drawn in both styles (``trainA/<id>.png`` and
+    ``trainB/<id>.png``: one group per scene); the digits store one record per image with its
+    ``domain`` and ``file`` (each image its own group). ``domain`` picks A, B or both."""
     meta = load_scenes(root)
     available = list(meta["attributes"])
     names = list(attributes) if attributes else available
@@ -192,27 +194,37 @@ def read_shapes(
     if unknown:
         raise ValueError(
             f"attributes {unknown} are not in {str(root / 'scenes.json')!r}; available: "
-            f"{', '.join(available)}"
+            f"{', '.join(available) or 'none'}"
         )
     sides = {"A": ["A"], "B": ["B"], "both": ["A", "B"]}[domain]
     splits = {}
     for split, records in meta["splits"].items():
-        classes = np.array([r["label"] for r in records], dtype=np.int64)
+        if records and "domain" in records[0]:  # one record per image
+            items = [(r, r["domain"], r["file"]) for r in records if r["domain"] in sides]
+            items.sort(key=lambda item: sides.index(item[1]))  # A first, as for the shapes
+            groups = np.arange(len(items))
+        else:  # one record per scene, drawn in every side
+            items = [(r, s, f"{split}{s}/{r['id']}.png") for s in sides for r in records]
+            groups = np.tile(np.arange(len(records)), len(sides))
+        missing = [r["id"] for r, _, _ in items if r.get("label") is None and not attributes]
+        if missing:
+            raise DatasetLayoutError(
+                f"{str(root / 'scenes.json')!r} has no class label for {missing[:3]}...; "
+                "this embedded dataset has no classes (name attributes=[...] or pick another)"
+            )
         table = np.array(
-            [[r["attributes"][n] for n in names] for r in records], dtype=np.float32
-        ).reshape(len(records), len(names))
-        paths = tuple(root / f"{split}{side}" / f"{r['id']}.png" for side in sides for r in records)
-        mask_paths = tuple(
-            root / "masks" / split / f"{r['id']}.png" for _ in sides for r in records
-        )
-        reps = len(sides)
+            [[r.get("attributes", {})[n] for n in names] for r, _, _ in items], dtype=np.float32
+        ).reshape(len(items), len(names))
+        classes = np.array([r.get("label", -1) for r, _, _ in items], dtype=np.int64)
         splits[split] = LabelledSplit(
-            images=paths,
-            labels=np.tile(table, (reps, 1)) if attributes else np.tile(classes, reps),
-            attributes=np.tile(table, (reps, 1)),
-            masks=mask_paths if masks else None,
-            domains=np.repeat(np.arange(reps), len(records)) if domain == "both" else None,
-            groups=np.tile(np.arange(len(records)), reps),
+            images=tuple(root / file for _, _, file in items),
+            labels=table if attributes else classes,
+            attributes=table,
+            masks=tuple(root / "masks" / split / f"{Path(f).stem}.png" for _, _, f in items)
+            if masks
+            else None,
+            domains=np.array([sides.index(s) for _, s, _ in items]) if domain == "both" else None,
+            groups=groups,
         )
     return LabelledSource(
         splits["train"],
@@ -221,37 +233,4 @@ def read_shapes(
         "attributes" if attributes else "class",
         class_names=list(meta["classes"]),
         attribute_names=names,
-    )
-
-
-# ---------------------------------------------------------------------------------- digits
-def read_digits(image_size: int, seed: int) -> LabelledSource:
-    """scikit-learn's copy of the UCI optical handwritten digits (1,797 real 8x8 images by 43
-    writers, bundled with scikit-learn, so nothing is downloaded).
-
-    The 0..16 intensities are scaled to 0..255 and upscaled bilinearly to ``image_size``;
-    a seeded stratified 70/10/20 train/val/test split.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    small = torch.from_numpy(digits.images / 16.0).float()[:, None]  # (N, 1, 8, 8) in [0, 1]
-    large = F.interpolate(
-        small, size=(image_size, image_size), mode="bilinear", align_corners=False
-    )
-    images = (large[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    labels = digits.target.astype(np.int64)
-    index = np.arange(len(labels))
-    rest, test = train_test_split(index, test_size=0.2, stratify=labels, random_state=seed)
-    train, val = train_test_split(
-        rest, test_size=0.125, stratify=labels[rest], random_state=seed
-    )  # 0.125 of the remaining 80% = 10% of all
-
-    def split(rows: np.ndarray) -> LabelledSplit:
-        rows = np.sort(rows)
-        return LabelledSplit(images=images[rows], labels=labels[rows])
-
-    return LabelledSource(
-        split(train), split(val), split(test), "class", class_names=[str(d) for d in range(10)]
     )

@@ -29,6 +29,7 @@ from .base import ImageDomainDataModule, Split
 from .datasets import AlignedDataset, UnpairedDataset
 from .domain import Domain, scan_domain
 from .io import DatasetLayoutError
+from .publish import SCENES_FILE, load_scenes
 from .unpaired import find_ab_split
 
 PIX2PIX_LAYOUT = "pix2pix layout: <root>/train, val, test holding A|B side-by-side images"
@@ -136,6 +137,13 @@ class PairedDataModule(ImageDomainDataModule):
         return True
 
     def _find_split(self, root: Path, split: Split, required: bool) -> tuple[Domain, Domain] | None:
+        if (root / SCENES_FILE).is_file() and not load_scenes(root).get("paired", True):
+            raise DatasetLayoutError(
+                f"{str(root / SCENES_FILE)!r} says the embedded {load_scenes(root)['dataset']!r} "
+                "dataset is unpaired (A[i] and B[i] show different content); a paired module "
+                "would score its translations against unrelated images. Use "
+                "datamodules.UnpairedDataModule for it."
+            )
         layout = detect_layout(root) if self.layout == "auto" else self.layout
         if layout == "pix2pix":
             if not required and not (root / split).is_dir():

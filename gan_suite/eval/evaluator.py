@@ -53,6 +53,8 @@ __all__ = [
 #: Bump when the net, the training recipe or the report change: old cached evaluators are
 #: then ignored rather than silently reused.
 EVALUATOR_VERSION = 2  # 2: domain head (FID features must see the domain)
+#: Fewest optimizer steps of a default evaluator training (the one-cycle recipe's budget).
+MIN_STEPS = 150
 
 
 def load_evaluator(checkpoint: str | os.PathLike[str]) -> Evaluator:
@@ -103,11 +105,14 @@ def evaluator_summary(evaluator: Any) -> dict[str, Any] | None:
 
 
 def require_labelled_dataset(root: str | os.PathLike[str]) -> Path:
-    """Return ``root`` if it holds ``scenes.json`` labels and ``masks/``, else raise naming it."""
-    from datamodules import DatasetLayoutError
+    """Return ``root`` if it holds ``scenes.json`` and, where it has classes, ``masks/``;
+    else raise naming it."""
+    from datamodules import DatasetLayoutError, load_scenes
 
     root = Path(root).expanduser()
     missing = [n for n in ("scenes.json", "masks") if not (root / n).exists()]
+    if missing == ["masks"] and not load_scenes(root).get("classes", True):
+        missing = []  # no classes (textures, faces): the evaluator judges the domains alone
     if missing:
         raise DatasetLayoutError(
             f"{str(root)!r} has no {' or '.join(missing)}: an evaluator needs labelled data "
@@ -121,6 +126,8 @@ def require_labelled_dataset(root: str | os.PathLike[str]) -> Path:
 def evaluator_fingerprint(root: Path, hparams: dict[str, Any], train: dict[str, Any]) -> str:
     """Hash of the dataset's identity (its scenes.json), the net's hyperparameters, the
     training budget and ``EVALUATOR_VERSION``: any change gives a new cached evaluator."""
+    # hyperparameters added later count only when set, so existing caches stay valid
+    hparams = {k: v for k, v in hparams.items() if not (k == "class_per_domain" and not v)}
     identity = {
         "version": EVALUATOR_VERSION,
         "scenes": hashlib.sha256((root / "scenes.json").read_bytes()).hexdigest(),
@@ -136,7 +143,7 @@ def load_or_train_evaluator(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    max_epochs: int = 5,
+    max_epochs: int | None = None,
     seed: int = 0,
     batch_size: int = 32,
     num_workers: int = 0,
@@ -154,7 +161,8 @@ def load_or_train_evaluator(
         cache_dir: where ``evaluators/<fingerprint>.ckpt`` and ``.json`` live (and the
             embedded data, unless ``embedded["root"]`` says otherwise); default
             ``$GAN_SUITE_CACHE`` or ``~/.cache/gan-suite``.
-        max_epochs: training epochs (each sees every training scene in A and in B).
+        max_epochs: training epochs (each sees every training scene in A and in B); None =
+            5, or more on a small dataset, so that training takes at least 150 steps.
         seed: training seed (initialisation, shuffling, augmentation).
         batch_size: scenes per batch (each gives an A and a B image).
         num_workers: DataLoader workers while training (0: decoding 64 px PNGs is cheap next
@@ -179,17 +187,19 @@ def load_or_train_evaluator(
         if not ckpt.is_file():
             with seeded(seed):  # the initial weights are part of the seeded recipe
                 model = Evaluator(**dict(plan["model"].hparams))
-            from datamodules import UnpairedDataModule
+            from datamodules import UnpairedDataModule, load_scenes
 
             # Images at their stored size, no crop: the net resizes to input_size itself,
             # exactly as it does when judging translations of any size.
             size = plan["image_size"]
-            dm = UnpairedDataModule(str(root), size, size, True, batch_size, num_workers, seed=seed)
+            # mirrored training images, unless the data has a handedness (digits)
+            flip = bool(load_scenes(root).get("mirror_symmetric", True))
+            dm = UnpairedDataModule(str(root), size, size, flip, batch_size, num_workers, seed=seed)
             trainer, seconds = train_evaluator(
-                dm, model, max_epochs=max_epochs, seed=seed, num_threads=num_threads
+                dm, model, max_epochs=plan["max_epochs"], seed=seed, num_threads=num_threads
             )
             report = evaluate_evaluator(model, dm)
-            report.update(epochs=max_epochs, seconds=round(seconds, 1), data=str(root))
+            report.update(epochs=plan["max_epochs"], seconds=round(seconds, 1), data=str(root))
             atomic_write(ckpt.with_suffix(".json"), lambda p: p.write_text(json.dumps(report)))
             # The checkpoint goes last: its presence means the report exists too.
             atomic_write(ckpt, lambda p: trainer.save_checkpoint(p, weights_only=True))
@@ -213,7 +223,7 @@ def evaluator_checkpoint_path(
 def _plan(
     data_dir: str | os.PathLike[str] | None,
     cache_dir: str | os.PathLike[str] | None,
-    max_epochs: int,
+    max_epochs: int | None,
     seed: int,
     batch_size: int,
     data_seed: int,
@@ -228,7 +238,17 @@ def _plan(
         root = materialize_shapes(**{"root": cache, **embedded, "seed": data_seed})
     else:
         root = require_labelled_dataset(data_dir)
-    model = Evaluator(**(evaluator_kwargs or {}))
+    # the dataset's classes decide the class head (0: a judge of the domains alone)
+    # unpaired real domains get a classifier each (MNIST and UCI write a 7 differently)
+    meta = load_scenes(root)
+    n_classes = len(meta.get("classes", []))
+    kwargs = {"n_classes": n_classes, **(evaluator_kwargs or {})}
+    if not meta.get("paired", True) and kwargs["n_classes"] > 0:
+        kwargs.setdefault("class_per_domain", True)
+    model = Evaluator(**kwargs)
+    if max_epochs is None:
+        steps = max(1, _train_pairs(meta) // batch_size)  # the loader drops the last batch
+        max_epochs = max(5, -(-MIN_STEPS // steps))
     train_cfg = {"max_epochs": max_epochs, "seed": seed, "batch_size": batch_size}
     folder = cache / "evaluators"
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,5 +257,15 @@ def _plan(
         "root": root,
         "model": model,
         "ckpt": folder / f"{name}.ckpt",
-        "image_size": int(load_scenes(root).get("image_size", 64)),
+        "image_size": int(meta.get("image_size", 64)),
+        "max_epochs": max_epochs,
     }
+
+
+def _train_pairs(meta: dict[str, Any]) -> int:
+    """Training pairs per epoch of an embedded dataset: its scenes (shapes), or the larger
+    domain's images (one record per image)."""
+    records = meta["splits"]["train"]
+    if records and "domain" in records[0]:
+        return max(sum(r["domain"] == d for r in records) for d in DOMAINS)
+    return len(records)

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from gan_suite.nets.evaluator_net import EvaluatorNet
@@ -65,6 +66,7 @@ class Evaluator(L.LightningModule):
         color_jitter: float = 0.15,
         noise_std: float = 0.04,
         attribute_names: list[str] | None = None,
+        class_per_domain: bool = False,
     ) -> None:
         super().__init__()
         if attribute_names is not None:
@@ -74,23 +76,53 @@ class Evaluator(L.LightningModule):
                     f"Evaluator: attribute_names has {len(attribute_names)} names "
                     f"({attribute_names}) but n_classes={n_classes}: one logit per attribute"
                 )
+        if n_classes < 0:
+            raise ValueError(f"Evaluator: n_classes must be >= 0, got {n_classes}")
         self.save_hyperparameters()
-        self.net = EvaluatorNet(n_classes=n_classes, width=width, input_size=input_size)
+        # n_classes 0: a judge of the domains alone (textures, faces); the heads stay unused
+        self.net = EvaluatorNet(n_classes=max(n_classes, 1), width=width, input_size=input_size)
         self.num_features = self.net.num_features
         self.domain_head = nn.Linear(self.num_features, len(DOMAINS))
+        # a classifier per domain (unpaired real domains, e.g. MNIST and UCI digits): each head
+        # learns its own domain only, so a translation's label is read the way the target
+        # domain writes that class (an untranslated MNIST digit is not credited by the UCI head)
+        self.class_heads = (
+            nn.Linear(self.num_features, len(DOMAINS) * n_classes) if class_per_domain else None
+        )
         metrics: dict[str, nn.Module] = {}
         # the per-domain metrics serve the two-domain training only; an attribute evaluator
         # is trained by gan_suite.eval.judge (and may have a single attribute, one logit)
-        for stage in ("val", "test") if attribute_names is None else ():
+        for stage in ("val", "test") if attribute_names is None and n_classes > 0 else ():
             for domain in (*DOMAINS, "all"):
                 metrics[f"{stage}_acc_{domain}"] = MulticlassAccuracy(n_classes, average="micro")
                 metrics[f"{stage}_miou_{domain}"] = MulticlassJaccardIndex(1 + n_classes)
         self.metrics = nn.ModuleDict(metrics)
 
     # ------------------------------------------------------------------ judging images
-    def classify(self, x: Tensor) -> Tensor:
-        """(N, 3, H, W) images in [-1, 1] -> (N, n_classes) logits."""
-        return self.net.classify(x)
+    def classify(self, x: Tensor, domain: int | None = None) -> Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, n_classes) logits.
+
+        Args:
+            domain: 0 (A) or 1 (B): whose classifier reads the images; required by an
+                evaluator with a classifier per domain (``class_per_domain``), ignored by one
+                shared classifier.
+
+        Raises:
+            ValueError: a domain-only evaluator (``n_classes == 0``) has no class head; a
+                per-domain evaluator was not told the domain.
+        """
+        if self.hparams.n_classes == 0:
+            raise ValueError(
+                "this evaluator judges domains only (n_classes=0: its data has no class labels)"
+            )
+        if self.class_heads is None:
+            return self.net.classify(x)
+        if domain not in (0, 1):
+            raise ValueError(
+                f"this evaluator has a classifier per domain: domain=0 or 1, got {domain!r}"
+            )
+        n = self.hparams.n_classes
+        return self.class_heads(self.features(x))[:, domain * n : (domain + 1) * n]
 
     def classify_attributes(self, x: Tensor) -> Tensor:
         """(N, 3, H, W) images in [-1, 1] -> (N, A) logits of the A binary attributes named
@@ -143,21 +175,43 @@ class Evaluator(L.LightningModule):
             x = x + self.hparams.noise_std * torch.randn_like(x)
         return x.clamp(-1, 1)
 
-    @staticmethod
-    def _both_domains(batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        """Concatenate A and B: images (2N, 3, H, W), labels (2N,), masks (2N, H, W)."""
-        missing = [k for s in DOMAINS for k in (s, f"{s}_label", f"{s}_mask") if k not in batch]
+    def _both_domains(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Concatenate A and B: images (2N, 3, H, W), labels (2N,), masks (2N, H, W); labels
+        and masks are None for a domain-only evaluator (``n_classes == 0``)."""
+        keys = ("", "_label", "_mask") if self.hparams.n_classes > 0 else ("",)
+        missing = [s + k for s in DOMAINS for k in keys if s + k not in batch]
         if missing:
             raise KeyError(
                 f"evaluator batches need images, labels and masks of both domains; missing "
                 f"{missing} (the data needs scenes.json labels and masks/<split>/ files)"
             )
-        return tuple(torch.cat([batch[f"A{k}"], batch[f"B{k}"]]) for k in ("", "_label", "_mask"))
+        x, labels, masks = (
+            torch.cat([batch[f"A{k}"], batch[f"B{k}"]]) if k in keys else None
+            for k in ("", "_label", "_mask")
+        )
+        return x, labels, masks
 
-    def _loss(self, x: Tensor, labels: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        class_logits, seg_logits = self.net(x)
-        class_loss = F.cross_entropy(class_logits, labels)
-        seg_loss = F.cross_entropy(seg_logits, masks)
+    def _loss(
+        self, x: Tensor, labels: Tensor | None, masks: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if labels is None:  # domains only
+            class_loss = seg_loss = x.new_zeros(())
+        elif self.class_heads is not None:  # one encoder pass for every head
+            maps = self.net.encode(x)
+            feats = self.net._pool(maps[-1])
+            seg_loss = F.cross_entropy(self.net._decode(maps, tuple(x.shape[-2:])), masks)
+            n, half = self.hparams.n_classes, len(x) // 2
+            logits = self.class_heads(feats).view(len(x), len(DOMAINS), n)
+            domain = (torch.arange(len(x), device=x.device) >= half).long()
+            class_loss = F.cross_entropy(logits[torch.arange(len(x)), domain], labels)
+            domain_loss = F.cross_entropy(self.domain_head(feats), domain)
+            hp = self.hparams
+            total = class_loss + hp.seg_weight * seg_loss + hp.domain_weight * domain_loss
+            return total, class_loss, seg_loss
+        else:
+            class_logits, seg_logits = self.net(x)
+            class_loss = F.cross_entropy(class_logits, labels)
+            seg_loss = F.cross_entropy(seg_logits, masks)
         # _both_domains puts the A half first, then the B half
         domains = torch.arange(len(x), device=x.device) >= len(x) // 2
         domain_loss = F.cross_entropy(self.classify_domain(x), domains.long())
@@ -178,8 +232,12 @@ class Evaluator(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         x, labels, masks = self._both_domains(batch)
+        if labels is None:
+            return  # a domain-only judge: evaluate_evaluator reports its domain accuracy
         class_logits, seg_logits = self.net(x)
         n = batch["A"].shape[0]
+        if self.class_heads is not None:
+            class_logits = torch.cat([self.classify(x[:n], 0), self.classify(x[n:], 1)])
         preds, seg_preds = class_logits.argmax(1), seg_logits.argmax(1)
         parts = {"A": slice(0, n), "B": slice(n, None), "all": slice(None)}
         for domain, part in parts.items():
@@ -224,26 +282,46 @@ class Evaluator(L.LightningModule):
 def evaluate_evaluator(evaluator: Evaluator, datamodule: L.LightningDataModule) -> dict[str, Any]:
     """Held-out accuracy and mIoU per domain over every pair of the data module's test split.
 
-    Returns ``{"accuracy_A", "accuracy_B", "miou_A", "miou_B", "n_test"}``; mIoU is the mean
-    over background and the object classes of the per-class IoU accumulated over the split.
+    Returns ``{"accuracy_A", "accuracy_B", "miou_A", "miou_B", "accuracy_domain", "n_test"}``
+    (a domain-only evaluator: ``accuracy_domain`` and ``n_test``); mIoU is the mean over
+    background and the object classes of the per-class IoU accumulated over the split;
+    ``accuracy_domain`` is the share of test A and B images the domain head places right.
     """
     n_classes = evaluator.hparams.n_classes
-    acc = {d: MulticlassAccuracy(n_classes, average="micro") for d in DOMAINS}
-    miou = {d: MulticlassJaccardIndex(1 + n_classes) for d in DOMAINS}
+    acc = {d: MulticlassAccuracy(max(n_classes, 2), average="micro") for d in DOMAINS}
+    miou = {d: MulticlassJaccardIndex(1 + max(n_classes, 1)) for d in DOMAINS}
+    domain_hits = torch.zeros(2)
     datamodule.setup("test")
     was_training = evaluator.training
     evaluator.eval()
-    n_test = 0
-    for batch in datamodule.test_dataloader():
-        for d in DOMAINS:
-            class_logits, seg_logits = evaluator.net(batch[d].to(evaluator.device))
-            acc[d].update(class_logits.argmax(1).cpu(), batch[f"{d}_label"])
-            miou[d].update(seg_logits.argmax(1).cpu(), batch[f"{d}_mask"])
-        n_test += batch["A"].shape[0]
+    n_test = {}
+    for index, d in enumerate(DOMAINS):  # every test image of each domain, equal counts or not
+        images = datamodule.domain_dataset("test", d)
+        n_test[d] = len(images)
+        for batch in DataLoader(images, batch_size=64):
+            x = batch[d].to(evaluator.device)
+            domain_hits += torch.tensor(
+                [float((evaluator.classify_domain(x).argmax(1) == index).sum()), len(x)]
+            )
+            if n_classes > 0:
+                class_logits, seg_logits = evaluator.net(x)
+                if evaluator.class_heads is not None:
+                    class_logits = evaluator.classify(x, index)
+                acc[d].update(class_logits.argmax(1).cpu(), batch[f"{d}_label"])
+                miou[d].update(seg_logits.argmax(1).cpu(), batch[f"{d}_mask"])
     evaluator.train(was_training)
-    report: dict[str, Any] = {f"accuracy_{d}": float(acc[d].compute()) for d in DOMAINS}
-    report.update({f"miou_{d}": float(miou[d].compute()) for d in DOMAINS})
-    return {**report, "n_test": n_test}
+    report: dict[str, Any] = {}
+    if n_classes > 0:
+        report.update({f"accuracy_{d}": float(acc[d].compute()) for d in DOMAINS})
+        report.update({f"miou_{d}": float(miou[d].compute()) for d in DOMAINS})
+    report["accuracy_domain"] = float(domain_hits[0] / domain_hits[1])
+    # n_test: images of the smaller domain (as before: the aligned test pairs of the shapes)
+    return {
+        **report,
+        "n_test": min(n_test.values()),
+        "n_test_A": n_test["A"],
+        "n_test_B": n_test["B"],
+    }
 
 
 def train_evaluator(

@@ -116,10 +116,11 @@ class TranslationMetrics(nn.Module):
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         if evaluator is not None:
+            self.domain_acc = MulticlassAccuracy(num_classes=2, average="micro")
+        if evaluator is not None and n_classes > 0:  # 0: a judge of the domains alone
             self.label_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
             self.object_iou = BinaryJaccardIndex()
             self.object_miou = MulticlassJaccardIndex(num_classes=1 + n_classes, average="macro")
-            self.domain_acc = MulticlassAccuracy(num_classes=2, average="micro")
         self.counts: dict[str, int] = {}
 
     def _count(self, name: str, n: int) -> None:
@@ -143,10 +144,15 @@ class TranslationMetrics(nn.Module):
             pred = evaluator.classify_domain(t.output).argmax(1)
             self.domain_acc.update(pred, torch.full_like(pred, t.target_domain))
             self._count("domain", n)
-        if t.source_label is not None:
-            self.label_acc.update(evaluator.classify(t.output).argmax(1), t.source_label)
+        if t.source_label is not None and hasattr(self, "label_acc"):
+            # an evaluator with a classifier per domain reads the output as the target
+            # domain writes that class
+            per_domain = getattr(evaluator, "class_heads", None) is not None
+            logits = evaluator.classify(t.output, t.target_domain) if per_domain else None
+            logits = evaluator.classify(t.output) if logits is None else logits
+            self.label_acc.update(logits.argmax(1), t.source_label)
             self._count("label", n)
-        if t.source_mask is not None:
+        if t.source_mask is not None and hasattr(self, "object_iou"):
             seg = evaluator.segment(t.output).argmax(1)
             self.object_iou.update(seg > 0, t.source_mask > 0)
             self.object_miou.update(seg, t.source_mask)

@@ -26,6 +26,24 @@ def _isolated_env(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="session")
+def _digits_folder(tmp_path_factory):
+    """The embedded digits pair at its default options, materialised once per session."""
+    from datamodules.wheel_data import materialize_digits
+
+    return materialize_digits(tmp_path_factory.mktemp("shared-data"))
+
+
+@pytest.fixture
+def shared_digits(_isolated_env, _digits_folder, tmp_path):
+    """Link the session's digits pair into this test's cache, so that ``source="digits"`` /
+    ``embedded={"dataset": "digits"}`` find it complete instead of writing it again (~10 s)."""
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    (cache / _digits_folder.name).symlink_to(_digits_folder, target_is_directory=True)
+    return _digits_folder
+
+
 @pytest.fixture
 def make_trainer(tmp_path) -> Callable[..., L.Trainer]:
     """Factory of quiet CPU Trainers: ``make_trainer(max_epochs=1, limit_train_batches=2)``.

@@ -16,6 +16,8 @@ from gan_suite.nets.biggan import BigGANDiscriminator, BigGANGenerator, Conditio
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NETS = dict(g_ch=4, d_ch=4, feature_embed_dim=8, z_dim=20, feature_dim=16, k=5)
 
+pytestmark = pytest.mark.usefixtures("shared_digits")
+
 
 # ------------------------------------------------------------------ neighbour search
 @pytest.mark.parametrize(
@@ -127,7 +129,9 @@ def _stub_extractor() -> nn.Module:
 def _digits(**kw):
     from datamodules import LabelledDataModule
 
-    dm = LabelledDataModule(source="digits", image_size=32, batch_size=8, num_workers=0, **kw)
+    # the UCI digits (domain B): the smaller domain keeps the judge's training short
+    args = dict(source="digits", domain="B", image_size=32, batch_size=8, num_workers=0)
+    dm = LabelledDataModule(**{**args, **kw})
     dm.setup("fit")
     return dm
 

@@ -33,7 +33,9 @@ STARGAN = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
 
 
 def labelled(source: str, root: Path | None = None, **kwargs) -> LabelledDataModule:
-    defaults = {"num_workers": 0, "batch_size": 4, "image_size": 16, "embedded": EMBEDDED}
+    defaults = {"num_workers": 0, "batch_size": 4, "image_size": 16}
+    if source == "shapes":
+        defaults["embedded"] = EMBEDDED
     return LabelledDataModule(source, str(root) if root else None, **{**defaults, **kwargs})
 
 
@@ -219,15 +221,27 @@ def test_shapes_attribute_labels_and_both_domains(tmp_path: Path) -> None:
     assert batch["label"].shape == (4, 2) and batch["domain"].dtype == torch.int64
 
 
+@pytest.mark.usefixtures("shared_digits")
 def test_digits_real_data_split_and_range() -> None:
-    dm = labelled("digits", image_size=32)
+    dm = labelled("digits", image_size=32)  # domain A: the 5,000 MNIST digits
     dm.setup()
     sizes = (len(dm.train_set), len(dm.val_set), len(dm.test_set))
-    assert sum(sizes) == 1797 and sizes == (1257, 180, 360)
+    assert sizes == (3600, 400, 1000)
     images = torch.stack([dm.test_set[i]["image"] for i in range(40)])
     assert images.shape == (40, 3, 32, 32)
     assert images.min() >= -1 and images.max() <= 1 and images.min() < -0.9 and images.max() > 0.9
-    assert set(dm.test_set.split.labels.tolist()) == set(range(10))
+    assert np.bincount(dm.test_set.split.labels).tolist() == [100] * 10
+    uci = labelled("digits", domain="B")
+    uci.setup()
+    assert sum(len(s) for s in (uci.train_set, uci.val_set, uci.test_set)) == 1797
+    assert len(uci.test_set) == 360 and all("uci-" in str(p) for p in uci.test_set.split.images)
+    both = labelled("digits", domain="both", masks=True)
+    both.setup("test")
+    item = both.test_set[len(both.test_set) - 1]  # a UCI digit: domain 1, its stroke mask
+    assert int(item["domain"]) == 1 and set(item["mask"].unique().tolist()) == {
+        0,
+        1 + int(item["label"]),
+    }
 
 
 # ------------------------------------------------------------------ labelled fraction
@@ -280,6 +294,7 @@ def test_labelled_fraction_inflated_by_rare_strata_warns(tmp_path: Path) -> None
     assert dm.labelled.all()
 
 
+@pytest.mark.usefixtures("shared_digits")
 @pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
 def test_labelled_fraction_out_of_range(fraction: float) -> None:
     with pytest.raises(ValueError, match="labelled_fraction") as err:
@@ -315,8 +330,8 @@ def test_domain_split_errors_and_embedded_default(tmp_path: Path) -> None:
     assert dm.resolved_attribute == "large" and len(dm.domains["train"][0]) > 0
 
 
-def test_in_memory_items_are_transformed_once_unless_flipped(monkeypatch) -> None:
-    """Digits (an in-memory array) under a deterministic transform are cached: the second
+def test_in_memory_items_are_transformed_once_unless_flipped(monkeypatch, tmp_path) -> None:
+    """MNIST (an in-memory array) under a deterministic transform are cached: the second
     epoch returns the same tensors without calling albumentations again; a random flip
     is drawn afresh every time."""
     from datamodules.labelled_data import LabelledTransform
@@ -329,7 +344,8 @@ def test_in_memory_items_are_transformed_once_unless_flipped(monkeypatch) -> Non
         return original(self, image, mask)
 
     monkeypatch.setattr(LabelledTransform, "__call__", counting)
-    dm = LabelledDataModule(source="digits", image_size=16, num_workers=0, flip=False)
+    root = str(make_mnist(tmp_path / "data"))
+    dm = LabelledDataModule("mnist", root, image_size=16, num_workers=0, flip=False)
     dm.setup("fit")
     first = [dm.train_set[i]["image"] for i in range(5)]
     again = [dm.train_set[i]["image"] for i in range(5)]
@@ -338,7 +354,7 @@ def test_in_memory_items_are_transformed_once_unless_flipped(monkeypatch) -> Non
     again[0].fill_(0.0)  # a consumer writing into its item does not reach the cache
     assert torch.equal(dm.train_set[0]["image"], first[0])
 
-    flipped = LabelledDataModule(source="digits", image_size=16, num_workers=0, flip=True)
+    flipped = LabelledDataModule("mnist", root, image_size=16, num_workers=0, flip=True)
     flipped.setup("fit")
     calls.clear()
     for _ in range(2):

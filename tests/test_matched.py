@@ -19,9 +19,15 @@ from datamodules.matched import EpochSampler, MatchedBatchSampler
 
 EMBEDDED = {"n_train": 24, "n_test": 4, "image_size": 24}
 
+pytestmark = pytest.mark.usefixtures("shared_digits")
+
 
 def labelled(source: str = "digits", root: Path | None = None, **kwargs) -> LabelledDataModule:
-    defaults = {"num_workers": 0, "batch_size": 16, "image_size": 8, "embedded": EMBEDDED}
+    defaults = {"num_workers": 0, "batch_size": 16, "image_size": 8}
+    if source == "shapes":
+        defaults["embedded"] = EMBEDDED
+    elif source == "digits":
+        defaults["domain"] = "B"  # the UCI digits: fewer images, as these tests need
     return LabelledDataModule(source, str(root) if root else None, **{**defaults, **kwargs})
 
 
@@ -99,7 +105,8 @@ def test_labelled_list_written_then_read_back(tmp_path: Path) -> None:
         f"# labelled_fraction=0.1 labelled_sampling=even seed=0 "
         f"n_labelled={int(first.labelled.sum())} n_train={n_train}"
     )
-    assert lines[1:] == [f"train/{i}" for i in np.flatnonzero(first.labelled)]
+    images = first.data.train.images  # the digits are files: named relative to the root
+    assert lines[1:] == [f"trainB/{images[i].name}" for i in np.flatnonzero(first.labelled)]
     # Read back with other options: the file wins (and the module says so).
     again = labelled(labelled_fraction=0.5, seed=0, labelled_list=str(path))
     with pytest.warns(UserWarning, match="labelled_fraction=0.1"):
@@ -128,8 +135,9 @@ def test_labelled_list_names_files_relative_to_the_root(tmp_path: Path) -> None:
 
 def test_labelled_list_foreign_entry_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "labels.txt"
-    path.write_text("# hand-made\ntrain/3\n\ntrain/99999\n")
-    with pytest.raises(AnnotationError, match=r"labels\.txt.* line 4.*train/99999"):
+    known = labelled().data.train.keys[3]
+    path.write_text(f"# hand-made\n{known}\n\ntrainB/uci-99999.png\n")
+    with pytest.raises(AnnotationError, match=r"labels\.txt.* line 4.*uci-99999"):
         labelled(labelled_list=str(path)).setup("fit")
 
 
@@ -248,9 +256,9 @@ def test_matched_bad_options_name_the_option(tmp_path: Path) -> None:
         labelled(batch_composition="matched", batch_size=10)
     assert "batch_size (10)" in str(err.value)
     for c, name in enumerate(("bird", "cat", "dog")):
-        save(tmp_path / name / "0.png", solid((80 * c, 0, 0), (8, 8)))
-        save(tmp_path / name / "1.png", solid((80 * c, 9, 0), (8, 8)))
-    dm = labelled("folder", tmp_path, batch_composition="matched", val_fraction=0.0)
+        save(tmp_path / "data" / name / "0.png", solid((80 * c, 0, 0), (8, 8)))
+        save(tmp_path / "data" / name / "1.png", solid((80 * c, 9, 0), (8, 8)))
+    dm = labelled("folder", tmp_path / "data", batch_composition="matched", val_fraction=0.0)
     with pytest.raises(ValueError, match="classes_per_batch=4 .* has 3"):
         dm.setup("fit")
     with pytest.raises(ValueError, match="labelled_sampling"):

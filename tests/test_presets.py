@@ -15,6 +15,11 @@ from cli_helpers import EXPERIMENTS
 
 TWO_DOMAIN = {"cyclegan", "opgan", "discogan"}  # the embedded shapes scenes as domains A, B
 QUICK = sorted(p.stem for p in (EXPERIMENTS / "presets" / "quick").glob("*.yaml"))
+# (dataset, paper) of every experiments/datasets/<dataset>/<paper>.yaml (make ... DATASET=)
+ON_DATASETS = sorted((p.parent.name, p.stem) for p in (EXPERIMENTS / "datasets").glob("*/*.yaml"))
+SMALL = {  # fewer crops than the preset's: the textures are cut on the fly
+    "textures": "--data.init_args.embedded={dataset: textures, n_train: 8, n_test: 4}",
+}
 
 
 def test_every_paper_with_a_config_has_a_quick_preset():
@@ -24,18 +29,39 @@ def test_every_paper_with_a_config_has_a_quick_preset():
         assert (EXPERIMENTS / f"{name}.yaml").is_file(), name
 
 
-@pytest.mark.parametrize("name", QUICK)
-def test_quick_preset_instantiates_and_trains_one_batch(name):
-    from gan_suite.cli import cli_main
-
-    configs = [
+def _quick(name: str) -> list:
+    return [
         EXPERIMENTS / f"{name}.yaml",
         EXPERIMENTS / "presets" / "quick.yaml",
         EXPERIMENTS / "presets" / "quick" / f"{name}.yaml",
     ]
-    args = [a for c in configs for a in ("--config", str(c))]
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_quick_preset_instantiates_and_trains_one_batch(name):
+    extra = []
     if name in TWO_DOMAIN:  # 18 scenes instead of 1,200: generating those takes minutes
-        args.append("--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 64}")
+        extra.append("--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 64}")
+    _train_one_batch(name, _quick(name), extra)
+
+
+@pytest.mark.usefixtures("shared_digits")
+@pytest.mark.parametrize(("dataset", "name"), ON_DATASETS)
+def test_dataset_preset_instantiates_and_trains_one_batch(dataset, name):
+    """`make experiment NAME=<paper> DATASET=<dataset>`: the dataset file layered last."""
+    configs = [*_quick(name), EXPERIMENTS / "datasets" / dataset / f"{name}.yaml"]
+    dm = _train_one_batch(name, configs, [SMALL[dataset]] if dataset in SMALL else [])
+    embedded = dm.hparams.get("embedded") or {}
+    assert embedded.get("dataset", dm.hparams.get("source")) == dataset
+    assert dm.hparams.get("flip") is False or dataset != "digits"  # a mirrored 2 is not a 2
+
+
+def _train_one_batch(name: str, configs: list, extra: list):
+    """Parse and instantiate the layered configs with the CLI, train one batch, check that it
+    moved a parameter; returns the data module."""
+    from gan_suite.cli import cli_main
+
+    args = [a for c in configs for a in ("--config", str(c))] + extra
     cli = cli_main(
         [
             *args,
@@ -66,6 +92,7 @@ def test_quick_preset_instantiates_and_trains_one_batch(name):
     trainer.fit(model, datamodule=dm)
     moved = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
     assert moved, f"{name}: one quick-preset batch updated no parameter"
+    return dm
 
 
 class _StubFeatures(torch.nn.Module):

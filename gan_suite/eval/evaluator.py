@@ -131,6 +131,8 @@ def evaluator_fingerprint(root: Path, hparams: dict[str, Any], train: dict[str, 
     identity = {
         "version": EVALUATOR_VERSION,
         "scenes": hashlib.sha256((root / "scenes.json").read_bytes()).hexdigest(),
+        # a judge of the domains alone also learns the rotation pretext (evaluator_model)
+        **({"pretext": "rotation"} if hparams.get("n_classes") == 0 else {}),
         "hparams": hparams,
         "train": train,
     }

@@ -52,6 +52,14 @@ class Evaluator(L.LightningModule):
             MatchGAN data) the names of the ``n_classes`` binary attributes that the
             classification head scores, read by :meth:`classify_attributes`. Checkpoints
             saved before this argument existed load as class evaluators.
+        class_per_domain: one classifier head per domain (unpaired real domains such as
+            MNIST and UCI digits), read by ``classify(x, domain)``.
+
+    With ``n_classes=0`` (data without labels: the textures, the faces) the evaluator judges
+    the domains alone; a domain head alone would collapse its features onto one "how much
+    like B" axis, where a blurred mush scores as a perfect A (FID ~2), so it also learns the
+    self-supervised rotation task (Gidaris et al. 2018: which of 0, 90, 180, 270 degrees an
+    image was turned by), which keeps the structure of the images in the features.
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class Evaluator(L.LightningModule):
         self.class_heads = (
             nn.Linear(self.num_features, len(DOMAINS) * n_classes) if class_per_domain else None
         )
+        self.rotation_head = nn.Linear(self.num_features, 4) if n_classes == 0 else None
         metrics: dict[str, nn.Module] = {}
         # the per-domain metrics serve the two-domain training only; an attribute evaluator
         # is trained by gan_suite.eval.judge (and may have a single attribute, one logit)
@@ -194,8 +203,13 @@ class Evaluator(L.LightningModule):
     def _loss(
         self, x: Tensor, labels: Tensor | None, masks: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if labels is None:  # domains only
-            class_loss = seg_loss = x.new_zeros(())
+        if labels is None:  # domains, and the rotation pretext in place of the class loss
+            seg_loss = x.new_zeros(())
+            turns = torch.randint(0, 4, (len(x),), device=x.device)
+            turned = torch.stack(
+                [torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(x, turns)]
+            )
+            class_loss = F.cross_entropy(self.rotation_head(self.features(turned)), turns)
         elif self.class_heads is not None:  # one encoder pass for every head
             maps = self.net.encode(x)
             feats = self.net._pool(maps[-1])

@@ -62,6 +62,9 @@ def test_label_and_object_preservation_against_known_truth():
     r = m.compute()
     assert r["label_acc"]["value"] == 0.5
     assert r["object_iou"]["value"] == pytest.approx(8 / 24)
+    # per source class: 0 was read as 1 (lost), 1 kept, 2 read as 3 (lost), 3 kept
+    assert [r[f"label_acc/{c}"]["value"] for c in range(4)] == [0.0, 1.0, 0.0, 1.0]
+    assert r["label_acc/0"]["n_images"] == 1
 
 
 def test_paired_fidelity_psnr_ssim():

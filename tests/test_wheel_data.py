@@ -230,6 +230,7 @@ def test_evaluator_per_domain_classifier_and_domain_only_judge() -> None:
     loss = domains_only.training_step({"A": x, "B": x.flip(0)}, 0)
     loss.backward()
     assert domains_only.domain_head.weight.grad.abs().sum() > 0
+    assert domains_only.rotation_head.weight.grad.abs().sum() > 0  # the rotation pretext
     with pytest.raises(ValueError, match="domains only"):
         domains_only.classify(x)
     metrics = TranslationMetrics(None, domains_only.eval(), 0)

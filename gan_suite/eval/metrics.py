@@ -119,6 +119,9 @@ class TranslationMetrics(nn.Module):
             self.domain_acc = MulticlassAccuracy(num_classes=2, average="micro")
         if evaluator is not None and n_classes > 0:  # 0: a judge of the domains alone
             self.label_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
+            # per source class: (kept, total); a translator that redraws whole classes as
+            # others (a 1 as a 2) shows here, not in the mean
+            self.register_buffer("label_per_class", torch.zeros(2, n_classes, dtype=torch.float64))
             self.object_iou = BinaryJaccardIndex()
             self.object_miou = MulticlassJaccardIndex(num_classes=1 + n_classes, average="macro")
         self.counts: dict[str, int] = {}
@@ -151,6 +154,12 @@ class TranslationMetrics(nn.Module):
             logits = evaluator.classify(t.output, t.target_domain) if per_domain else None
             logits = evaluator.classify(t.output) if logits is None else logits
             self.label_acc.update(logits.argmax(1), t.source_label)
+            kept = (logits.argmax(1) == t.source_label).double().cpu()
+            source = t.source_label.cpu()
+            self.label_per_class[0].index_add_(0, source, kept.to(self.label_per_class))
+            self.label_per_class[1].index_add_(
+                0, source, torch.ones_like(kept).to(self.label_per_class)
+            )
             self._count("label", n)
         if t.source_mask is not None and hasattr(self, "object_iou"):
             seg = evaluator.segment(t.output).argmax(1)
@@ -176,6 +185,16 @@ class TranslationMetrics(nn.Module):
             "object_iou": ("mask", getattr(self, "object_iou", None)),
             "object_miou": ("mask", getattr(self, "object_miou", None)),
         }
+        if hasattr(self, "label_per_class") and self._global_count("label") > 0:
+            from gan_suite.eval.distributed import all_reduce_sum
+
+            kept, total = all_reduce_sum(self.label_per_class.detach().cpu())
+            for c in torch.nonzero(total).flatten().tolist():
+                out[f"label_acc/{c}"] = {
+                    "value": float(kept[c] / total[c]),
+                    "n_images": int(total[c]),
+                    "extractor": "evaluator",
+                }
         for name, (kind, metric) in pairs.items():
             n = self._global_count(kind)
             if metric is not None and n > 0:
@@ -200,6 +219,8 @@ class TranslationMetrics(nn.Module):
         ):
             if m is not None:
                 m.reset()
+        if hasattr(self, "label_per_class"):
+            self.label_per_class.zero_()
         self.counts.clear()
 
 

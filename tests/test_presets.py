@@ -37,6 +37,7 @@ def _quick(name: str) -> list:
     ]
 
 
+@pytest.mark.usefixtures("shared_digits")  # cGAN's and IC-GAN's quick runs read MNIST
 @pytest.mark.parametrize("name", QUICK)
 def test_quick_preset_instantiates_and_trains_one_batch(name):
     extra = []

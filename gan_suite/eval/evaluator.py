@@ -132,7 +132,7 @@ def evaluator_fingerprint(root: Path, hparams: dict[str, Any], train: dict[str, 
         "version": EVALUATOR_VERSION,
         "scenes": hashlib.sha256((root / "scenes.json").read_bytes()).hexdigest(),
         # a judge of the domains alone also learns the rotation pretext (evaluator_model)
-        **({"pretext": "rotation"} if hparams.get("n_classes") == 0 else {}),
+        **({"pretext": "rotation", "neither": 1} if hparams.get("n_classes") == 0 else {}),
         "hparams": hparams,
         "train": train,
     }

@@ -59,7 +59,9 @@ class Evaluator(L.LightningModule):
     the domains alone; a domain head alone would collapse its features onto one "how much
     like B" axis, where a blurred mush scores as a perfect A (FID ~2), so it also learns the
     self-supervised rotation task (Gidaris et al. 2018: which of 0, 90, 180, 270 degrees an
-    image was turned by), which keeps the structure of the images in the features.
+    image was turned by), which keeps the structure of the images in the features, and its
+    domain head has a third answer, "neither", learnt on degenerate images made from each batch
+    (flat, blurred, noise): without it a flat grey output was judged grass with FID 0.7.
     """
 
     def __init__(
@@ -90,7 +92,8 @@ class Evaluator(L.LightningModule):
         # n_classes 0: a judge of the domains alone (textures, faces); the heads stay unused
         self.net = EvaluatorNet(n_classes=max(n_classes, 1), width=width, input_size=input_size)
         self.num_features = self.net.num_features
-        self.domain_head = nn.Linear(self.num_features, len(DOMAINS))
+        # a judge of the domains alone has a third answer, "neither" (see _degenerate)
+        self.domain_head = nn.Linear(self.num_features, len(DOMAINS) + (n_classes == 0))
         # a classifier per domain (unpaired real domains, e.g. MNIST and UCI digits): each head
         # learns its own domain only, so a translation's label is read the way the target
         # domain writes that class (an untranslated MNIST digit is not credited by the UCI head)
@@ -155,7 +158,8 @@ class Evaluator(L.LightningModule):
         return self.net.segment(x)
 
     def classify_domain(self, x: Tensor) -> Tensor:
-        """(N, 3, H, W) images in [-1, 1] -> (N, 2) logits of domain A (0) vs B (1)."""
+        """(N, 3, H, W) images in [-1, 1] -> (N, 2) logits of domain A (0) vs B (1); a
+        domain-only evaluator (``n_classes == 0``) adds logit 2, "neither"."""
         return self.domain_head(self.features(x))
 
     def features(self, x: Tensor) -> Tensor:
@@ -210,6 +214,18 @@ class Evaluator(L.LightningModule):
                 [torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(x, turns)]
             )
             class_loss = F.cross_entropy(self.rotation_head(self.features(turned)), turns)
+            # "neither": degenerate images (flat, blurred, noise) answer 2, so that a generator
+            # that outputs grey is not judged as in a domain, nor near it in FID
+            fakes = _degenerate(x)
+            x = torch.cat([x, fakes])
+            domain = torch.cat(
+                [
+                    (torch.arange(len(x) - len(fakes)) >= (len(x) - len(fakes)) // 2).long(),
+                    torch.full((len(fakes),), 2),
+                ]
+            ).to(x.device)
+            domain_loss = F.cross_entropy(self.classify_domain(x), domain)
+            return class_loss + self.hparams.domain_weight * domain_loss, class_loss, seg_loss
         elif self.class_heads is not None:  # one encoder pass for every head
             maps = self.net.encode(x)
             feats = self.net._pool(maps[-1])
@@ -290,6 +306,20 @@ class Evaluator(L.LightningModule):
             opt, max_lr=self.hparams.lr, total_steps=int(total), pct_start=0.25
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": one_cycle, "interval": "step"}}
+
+
+def _degenerate(x: Tensor) -> Tensor:
+    """Images of neither domain made from a batch (N, 3, H, W): each image's flat mean, a
+    7x7 box blur of it, and Gaussian noise around its mean with its standard deviation; one
+    of the three per image, in turn."""
+    n = len(x)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    flat = mean.expand_as(x)
+    blurred = F.avg_pool2d(x, 7, stride=1, padding=3, count_include_pad=False)
+    noise = (mean + x.std(dim=(1, 2, 3), keepdim=True) * torch.randn_like(x)).clamp(-1, 1)
+    kind = torch.arange(n, device=x.device) % 3
+    pick = kind.view(n, 1, 1, 1)
+    return torch.where(pick == 0, flat, torch.where(pick == 1, blurred, noise))
 
 
 @torch.no_grad()

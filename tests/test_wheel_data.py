@@ -231,6 +231,13 @@ def test_evaluator_per_domain_classifier_and_domain_only_judge() -> None:
     loss.backward()
     assert domains_only.domain_head.weight.grad.abs().sum() > 0
     assert domains_only.rotation_head.weight.grad.abs().sum() > 0  # the rotation pretext
+    assert domains_only.classify_domain(x).shape == (3, 3)  # A, B or neither
+    from gan_suite.eval.evaluator_model import _degenerate
+
+    fakes = _degenerate(x)
+    assert fakes.shape == x.shape and fakes[0].std() == 0  # image 0: its flat mean
+    assert torch.allclose(fakes[0].mean(), x[0].mean())
+    assert fakes[1].std() < x[1].std()  # image 1: blurred
     with pytest.raises(ValueError, match="domains only"):
         domains_only.classify(x)
     metrics = TranslationMetrics(None, domains_only.eval(), 0)

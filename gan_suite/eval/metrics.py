@@ -116,7 +116,8 @@ class TranslationMetrics(nn.Module):
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         if evaluator is not None:
-            self.domain_acc = MulticlassAccuracy(num_classes=2, average="micro")
+            # 3: a judge of the domains alone may also answer "neither" (2), never right
+            self.domain_acc = MulticlassAccuracy(num_classes=3, average="micro")
         if evaluator is not None and n_classes > 0:  # 0: a judge of the domains alone
             self.label_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
             # per source class: (kept, total); a translator that redraws whole classes as

@@ -244,3 +244,18 @@ def test_evaluator_per_domain_classifier_and_domain_only_judge() -> None:
     metrics.update(Translation("A->B", x, target_domain=1), with_real=False)
     out = metrics.compute()
     assert set(out) == {"domain_acc"} and out["domain_acc"]["n_images"] == 3
+
+
+def test_a_neither_answer_counts_as_a_miss() -> None:
+    """A domain-only judge may answer "neither" (2): the translation is not in its domain."""
+    from gan_suite.eval.metrics import TranslationMetrics
+    from gan_suite.eval.protocol import Translation
+
+    class Judge(torch.nn.Module):
+        def classify_domain(self, x):  # image i answers A, B, neither in turn
+            return torch.nn.functional.one_hot(torch.arange(len(x)) % 3, 3).float()
+
+    metrics = TranslationMetrics(None, Judge(), 0)
+    x = torch.zeros(6, 3, 8, 8)
+    metrics.update(Translation("A->B", x, target_domain=1), with_real=False)
+    assert metrics.compute()["domain_acc"]["value"] == pytest.approx(2 / 6)

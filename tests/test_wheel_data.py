@@ -235,7 +235,7 @@ def test_evaluator_per_domain_classifier_and_domain_only_judge() -> None:
     from gan_suite.eval.evaluator_model import _degenerate
 
     fakes = _degenerate(x)
-    assert fakes.shape == x.shape and fakes[0].std() == 0  # image 0: its flat mean
+    assert fakes.shape == x.shape and fakes[0].std() < 1e-6  # image 0: its flat mean
     assert torch.allclose(fakes[0].mean(), x[0].mean())
     assert fakes[1].std() < x[1].std()  # image 1: blurred
     with pytest.raises(ValueError, match="domains only"):

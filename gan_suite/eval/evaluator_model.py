@@ -166,6 +166,20 @@ class Evaluator(L.LightningModule):
         """(N, 3, H, W) images in [-1, 1] -> (N, 4 * width) pooled features for FID/KID."""
         return self.net.features(x)
 
+    def heads(self, x: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every head from one encoder pass: ``(class logits (N, n_classes), segmentation
+        logits (N, 1 + n_classes, H, W), domain logits (N, 2 or 3))``; ``domain`` (N,) 0/1
+        picks each image's classifier when there is one per domain."""
+        maps = self.net.encode(x)
+        feats = self.net._pool(maps[-1])
+        seg_logits = self.net._decode(maps, tuple(x.shape[-2:]))
+        if self.class_heads is None:
+            class_logits = self.net.classifier(feats)
+        else:
+            per_domain = self.class_heads(feats).view(len(x), len(DOMAINS), -1)
+            class_logits = per_domain[torch.arange(len(x), device=x.device), domain]
+        return class_logits, seg_logits, self.domain_head(feats)
+
     def forward(self, x: Tensor) -> Tensor:
         """The features: a frozen Evaluator is itself a FID/KID feature extractor."""
         return self.features(x)
@@ -217,24 +231,15 @@ class Evaluator(L.LightningModule):
             # "neither": degenerate images (flat, blurred, noise) answer 2, so that a generator
             # that outputs grey is not judged as in a domain, nor near it in FID
             fakes = _degenerate(x)
-            x = torch.cat([x, fakes])
-            domain = torch.cat(
-                [
-                    (torch.arange(len(x) - len(fakes)) >= (len(x) - len(fakes)) // 2).long(),
-                    torch.full((len(fakes),), 2),
-                ]
-            ).to(x.device)
-            domain_loss = F.cross_entropy(self.classify_domain(x), domain)
+            domain = torch.cat([_halves(len(x), x.device), x.new_full((len(fakes),), 2).long()])
+            domain_loss = F.cross_entropy(self.classify_domain(torch.cat([x, fakes])), domain)
             return class_loss + self.hparams.domain_weight * domain_loss, class_loss, seg_loss
         elif self.class_heads is not None:  # one encoder pass for every head
-            maps = self.net.encode(x)
-            feats = self.net._pool(maps[-1])
-            seg_loss = F.cross_entropy(self.net._decode(maps, tuple(x.shape[-2:])), masks)
-            n, half = self.hparams.n_classes, len(x) // 2
-            logits = self.class_heads(feats).view(len(x), len(DOMAINS), n)
-            domain = (torch.arange(len(x), device=x.device) >= half).long()
-            class_loss = F.cross_entropy(logits[torch.arange(len(x)), domain], labels)
-            domain_loss = F.cross_entropy(self.domain_head(feats), domain)
+            domain = _halves(len(x), x.device)
+            class_logits, seg_logits, domain_logits = self.heads(x, domain)
+            class_loss = F.cross_entropy(class_logits, labels)
+            seg_loss = F.cross_entropy(seg_logits, masks)
+            domain_loss = F.cross_entropy(domain_logits, domain)
             hp = self.hparams
             total = class_loss + hp.seg_weight * seg_loss + hp.domain_weight * domain_loss
             return total, class_loss, seg_loss
@@ -242,9 +247,7 @@ class Evaluator(L.LightningModule):
             class_logits, seg_logits = self.net(x)
             class_loss = F.cross_entropy(class_logits, labels)
             seg_loss = F.cross_entropy(seg_logits, masks)
-        # _both_domains puts the A half first, then the B half
-        domains = torch.arange(len(x), device=x.device) >= len(x) // 2
-        domain_loss = F.cross_entropy(self.classify_domain(x), domains.long())
+        domain_loss = F.cross_entropy(self.classify_domain(x), _halves(len(x), x.device))
         hp = self.hparams
         total = class_loss + hp.seg_weight * seg_loss + hp.get("domain_weight", 1.0) * domain_loss
         return total, class_loss, seg_loss
@@ -264,10 +267,8 @@ class Evaluator(L.LightningModule):
         x, labels, masks = self._both_domains(batch)
         if labels is None:
             return  # a domain-only judge: evaluate_evaluator reports its domain accuracy
-        class_logits, seg_logits = self.net(x)
+        class_logits, seg_logits, _ = self.heads(x, _halves(len(x), x.device))
         n = batch["A"].shape[0]
-        if self.class_heads is not None:
-            class_logits = torch.cat([self.classify(x[:n], 0), self.classify(x[n:], 1)])
         preds, seg_preds = class_logits.argmax(1), seg_logits.argmax(1)
         parts = {"A": slice(0, n), "B": slice(n, None), "all": slice(None)}
         for domain, part in parts.items():
@@ -308,6 +309,11 @@ class Evaluator(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": one_cycle, "interval": "step"}}
 
 
+def _halves(n: int, device: torch.device) -> Tensor:
+    """Domain targets of a batch from ``_both_domains``: the A half first (0), then B (1)."""
+    return (torch.arange(n, device=device) >= n // 2).long()
+
+
 def _degenerate(x: Tensor) -> Tensor:
     """Images of neither domain made from a batch (N, 3, H, W): each image's flat mean, a
     7x7 box blur of it, and Gaussian noise around its mean with its standard deviation; one
@@ -344,13 +350,10 @@ def evaluate_evaluator(evaluator: Evaluator, datamodule: L.LightningDataModule) 
         n_test[d] = len(images)
         for batch in DataLoader(images, batch_size=64):
             x = batch[d].to(evaluator.device)
-            domain_hits += torch.tensor(
-                [float((evaluator.classify_domain(x).argmax(1) == index).sum()), len(x)]
-            )
+            domain = torch.full((len(x),), index, device=x.device)
+            class_logits, seg_logits, domain_logits = evaluator.heads(x, domain)
+            domain_hits += torch.tensor([float((domain_logits.argmax(1) == index).sum()), len(x)])
             if n_classes > 0:
-                class_logits, seg_logits = evaluator.net(x)
-                if evaluator.class_heads is not None:
-                    class_logits = evaluator.classify(x, index)
                 acc[d].update(class_logits.argmax(1).cpu(), batch[f"{d}_label"])
                 miou[d].update(seg_logits.argmax(1).cpu(), batch[f"{d}_mask"])
     evaluator.train(was_training)

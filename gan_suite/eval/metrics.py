@@ -94,7 +94,7 @@ def _unit(images: Tensor) -> Tensor:
     return ((images.float().clamp(-1, 1) + 1) / 2).contiguous()
 
 
-_EVALUATOR_METRICS = ("domain_acc", "label_acc", "object_iou", "object_miou")
+_EVALUATOR_METRICS = ("domain_acc", "object_iou", "object_miou")
 
 
 class TranslationMetrics(nn.Module):
@@ -119,9 +119,8 @@ class TranslationMetrics(nn.Module):
             # 3: a judge of the domains alone may also answer "neither" (2), never right
             self.domain_acc = MulticlassAccuracy(num_classes=3, average="micro")
         if evaluator is not None and n_classes > 0:  # 0: a judge of the domains alone
-            self.label_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
-            # per source class: (kept, total); a translator that redraws whole classes as
-            # others (a 1 as a 2) shows here, not in the mean
+            # label preservation per source class, (kept, total): label_acc is their ratio of
+            # sums, and a translator that redraws whole classes (a 1 as a 2) shows per class
             self.register_buffer("label_per_class", torch.zeros(2, n_classes, dtype=torch.float64))
             self.object_iou = BinaryJaccardIndex()
             self.object_miou = MulticlassJaccardIndex(num_classes=1 + n_classes, average="macro")
@@ -148,13 +147,13 @@ class TranslationMetrics(nn.Module):
             pred = evaluator.classify_domain(t.output).argmax(1)
             self.domain_acc.update(pred, torch.full_like(pred, t.target_domain))
             self._count("domain", n)
-        if t.source_label is not None and hasattr(self, "label_acc"):
+        if t.source_label is not None and hasattr(self, "label_per_class"):
             # an evaluator with a classifier per domain reads the output as the target
             # domain writes that class
-            per_domain = getattr(evaluator, "class_heads", None) is not None
-            logits = evaluator.classify(t.output, t.target_domain) if per_domain else None
-            logits = evaluator.classify(t.output) if logits is None else logits
-            self.label_acc.update(logits.argmax(1), t.source_label)
+            if getattr(evaluator, "class_heads", None) is not None:
+                logits = evaluator.classify(t.output, t.target_domain)
+            else:
+                logits = evaluator.classify(t.output)
             kept = (logits.argmax(1) == t.source_label).double().cpu()
             source = t.source_label.cpu()
             self.label_per_class[0].index_add_(0, source, kept.to(self.label_per_class))
@@ -182,7 +181,6 @@ class TranslationMetrics(nn.Module):
             "psnr": ("paired", self.psnr),
             "ssim": ("paired", self.ssim),
             "domain_acc": ("domain", getattr(self, "domain_acc", None)),
-            "label_acc": ("label", getattr(self, "label_acc", None)),
             "object_iou": ("mask", getattr(self, "object_iou", None)),
             "object_miou": ("mask", getattr(self, "object_miou", None)),
         }
@@ -190,6 +188,11 @@ class TranslationMetrics(nn.Module):
             from gan_suite.eval.distributed import all_reduce_sum
 
             kept, total = all_reduce_sum(self.label_per_class.detach().cpu())
+            out["label_acc"] = {
+                "value": float(kept.sum() / total.sum()),
+                "n_images": int(total.sum()),
+                "extractor": "evaluator",
+            }
             for c in torch.nonzero(total).flatten().tolist():
                 out[f"label_acc/{c}"] = {
                     "value": float(kept[c] / total[c]),

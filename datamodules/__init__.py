@@ -6,6 +6,8 @@
   used when no ``data_dir`` is given.
 - ``LabelledDataModule``, ``DomainSplitDataModule``: labelled sources (below).
 - ``VectorDataModule``: (image feature, word vector) ``.npy`` arrays (cGAN's section 4.2).
+- ``SegmentationDataModule``: labelled source + unlabelled target for BDL (GTA5, SYNTHIA,
+  Cityscapes, or the embedded shapes and digits with masks).
 
 Batch keys of the two-domain modules: ``A``, ``B`` (float ``(N, 3, H, W)`` in [-1, 1]),
 ``A_path``, ``B_path`` (str), and when the data provides them ``A_mask``, ``B_mask``
@@ -52,3 +54,8 @@ __all__ += [
 from .vectors import VectorDataModule  # noqa: E402
 
 __all__ += ["VectorDataModule"]
+
+# Segmentation domain adaptation (BDL): labelled source, unlabelled target, target validation.
+from .segmentation import LabelError, SegmentationDataModule  # noqa: E402
+
+__all__ += ["LabelError", "SegmentationDataModule"]

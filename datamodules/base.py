@@ -29,6 +29,9 @@ class SplitLoaders:
     """DataLoaders of the ``train_set``/``val_set``/``test_set`` a data module builds in
     ``setup``, from its ``batch_size``, ``num_workers``, ``pin_memory`` and ``seed``."""
 
+    #: keep loader workers between epochs (False where a dataset changes between epochs)
+    persistent_workers = True
+
     def _loader(self, dataset: Dataset | None, name: str, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{name} dataset is not built; call setup() for its stage first")
@@ -42,7 +45,7 @@ class SplitLoaders:
             drop_last=train and len(dataset) >= self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and self.persistent_workers,
             generator=generator,
         )
 

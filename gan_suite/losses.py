@@ -326,3 +326,37 @@ def matchgan_pairs(n_groups: int, group_size: int) -> tuple[Tensor, Tensor, Tens
     second = torch.cat([base + 1, last.roll(1), last.roll(shift_far), base + 1])
     same = torch.cat([torch.ones(n_groups), torch.zeros(2 * n_groups), torch.ones(n_groups)])
     return first, second, same.long()
+
+
+# -- BDL (Li, Yuan & Vasconcelos 2019) ----------------------------------------------------
+def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+    """Pixel-wise cross-entropy of (N, C, h, w) logits, upsampled bilinearly to the (N, H, W)
+    int64 ``labels``' size, ignoring ``ignore_index`` (BDL eq. 6's L_seg and eq. 7's L_ssl).
+
+    A batch with no labelled pixel (every pseudo label below its threshold) gives 0 with a
+    gradient path, not NaN."""
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, labels.shape[-2:], mode="bilinear", align_corners=True)
+    if not bool((labels != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+
+
+def perceptual_loss(seg_a: Tensor, seg_b: Tensor) -> Tensor:
+    """BDL's perceptual loss through the segmentation model (eq. 3): the MSE between the
+    instance-normalised (N, C, h, w) outputs of M for two images (0 when they are equal)."""
+    return F.mse_loss(F.instance_norm(seg_a), F.instance_norm(seg_b))
+
+
+def output_adv_loss(d_logits: Tensor, domain: float) -> Tensor:
+    """BCE-with-logits of the output-space discriminator against a constant domain label
+    (BDL / AdaptSegNet: source 0, target 1)."""
+    return F.binary_cross_entropy_with_logits(d_logits, torch.full_like(d_logits, domain))
+
+
+def poly_lr_factor(iteration: int, n_iterations: int, power: float = 0.9) -> float:
+    """DeepLab's poly schedule: ``(1 - i / n) ** power``, clipped to [0, 1] so a run that
+    outlives ``n_iterations`` stays at 0 instead of going negative."""
+    if n_iterations <= 0:
+        return 1.0
+    return max(0.0, 1.0 - iteration / n_iterations) ** power

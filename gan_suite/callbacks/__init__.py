@@ -14,3 +14,7 @@ __all__ = [
     "InstanceNeighbourhoods",
     "SampleGrid",
 ]
+
+from gan_suite.callbacks.bdl_schedule import BDLSchedule  # noqa: E402
+
+__all__ += ["BDLSchedule"]

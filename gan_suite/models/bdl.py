@@ -329,12 +329,7 @@ class BDL(CycleGAN):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt_g = torch.optim.Adam(
-            [*self.G_AB.parameters(), *self.G_BA.parameters()], lr=hp.lr, betas=tuple(hp.betas)
-        )
-        opt_d = torch.optim.Adam(
-            [*self.D_A.parameters(), *self.D_B.parameters()], lr=hp.lr, betas=tuple(hp.betas)
-        )
+        opt_g, opt_d = self.translator_optimizers()
         opt_m = torch.optim.SGD(
             [
                 {"params": self.M.backbone_parameters(), "lr": hp.seg_lr},

@@ -169,7 +169,8 @@ class CycleGAN(TwoDomainTranslator):
     def _eval_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict[str, Tensor]:
         return self._cycle_terms(real_A, real_B, out)
 
-    def configure_optimizers(self):
+    def translator_optimizers(self) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+        """Adam of both generators and Adam of both discriminators (``lr``, ``betas``)."""
         hp = self.hparams
         opt_g = torch.optim.Adam(
             [*self.G_AB.parameters(), *self.G_BA.parameters()], lr=hp.lr, betas=tuple(hp.betas)
@@ -177,6 +178,11 @@ class CycleGAN(TwoDomainTranslator):
         opt_d = torch.optim.Adam(
             [*self.D_A.parameters(), *self.D_B.parameters()], lr=hp.lr, betas=tuple(hp.betas)
         )
+        return opt_g, opt_d
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_g, opt_d = self.translator_optimizers()
 
         def rule(epoch: int) -> float:
             return linear_decay_factor(epoch, hp.n_epochs_constant, hp.n_epochs_decay)

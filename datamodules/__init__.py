@@ -56,6 +56,7 @@ from .vectors import VectorDataModule  # noqa: E402
 __all__ += ["VectorDataModule"]
 
 # Segmentation domain adaptation (BDL): labelled source, unlabelled target, target validation.
-from .segmentation import LabelError, SegmentationDataModule  # noqa: E402
+from .segmentation import SegmentationDataModule  # noqa: E402
+from .segmentation_layouts import LabelError  # noqa: E402
 
 __all__ += ["LabelError", "SegmentationDataModule"]

@@ -1,7 +1,7 @@
 """Segmentation domain adaptation data (BDL): labelled source, unlabelled target, and labelled
 target validation.
 
-Layouts, as the datasets ship::
+Layouts, as the datasets ship (found by :mod:`.segmentation_layouts`)::
 
     gta5        <source_dir>/images/*.png   <source_dir>/labels/<same name>.png  (Cityscapes ids)
     synthia     <source_dir>/RGB/*.png      <source_dir>/GT/LABELS/<same name>.png  (16-bit,
@@ -29,193 +29,34 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from .base import SplitLoaders
 from .catalog import check_embedded, embedded_dataset, materialize_embedded
-from .io import IMAGE_EXTENSIONS, DatasetLayoutError, list_images, read_mask, read_rgb, require_dir
+from .io import IMAGE_EXTENSIONS, DatasetLayoutError, read_mask, read_rgb
+from .segmentation_layouts import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_TRAIN_IDS,
+    SYNTHIA_TRAIN_IDS,
+    LabelledFiles,
+    check_labels,
+    find_cityscapes,
+    find_embedded,
+    find_flat,
+    id_decoder,
+    lookup_table,
+    read_synthia_label,
+)
 from .transforms import A, ToTensorV2, apply, cv2, draw_seed
 
-CITYSCAPES_CLASSES: tuple[str, ...] = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic_light",
-    "traffic_sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
-#: Cityscapes label id -> training id (cityscapesScripts); GTA5 labels use the same ids.
-CITYSCAPES_TRAIN_IDS = {
-    7: 0,
-    8: 1,
-    11: 2,
-    12: 3,
-    13: 4,
-    17: 5,
-    19: 6,
-    20: 7,
-    21: 8,
-    22: 9,
-    23: 10,
-    24: 11,
-    25: 12,
-    26: 13,
-    27: 14,
-    28: 15,
-    31: 16,
-    32: 17,
-    33: 18,
-}
-#: SYNTHIA class id -> Cityscapes training id (the mapping of BDL's official SYNTHIA loader).
-SYNTHIA_TRAIN_IDS = {
-    3: 0,
-    4: 1,
-    2: 2,
-    21: 3,
-    5: 4,
-    7: 5,
-    15: 6,
-    9: 7,
-    6: 8,
-    16: 9,
-    1: 10,
-    10: 11,
-    17: 12,
-    8: 13,
-    18: 14,
-    19: 15,
-    20: 16,
-    12: 17,
-    11: 18,
-}
-IGNORE_INDEX = 255
 LAYOUTS = ("embedded", "gta5", "synthia", "cityscapes")
-
-
-class LabelError(ValueError):
-    """A label map holds an id the dataset does not define, or does not fit its image."""
-
-
-def _lookup(mapping: dict[int, int], n_ids: int) -> np.ndarray:
-    """A (65536,) id -> train-id table: mapped ids, 255 for known ids without a class, -1 for
-    ids the dataset does not define (255 stays 255)."""
-    table = np.full(65536, -1, dtype=np.int32)
-    table[:n_ids] = IGNORE_INDEX
-    table[IGNORE_INDEX] = IGNORE_INDEX
-    for source_id, train_id in mapping.items():
-        table[source_id] = train_id
-    return table
-
-
-@dataclass(frozen=True)
-class LabelledFiles:
-    """Images of one split, with their label files (None: unlabelled) and how to decode one.
-
-    ``decode(path)`` returns the (H, W) int64 train-id map or raises :class:`LabelError`."""
-
-    images: tuple[Path, ...]
-    labels: tuple[Path, ...] | None
-    decode: Callable[[Path], np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def label(self, index: int) -> np.ndarray:
-        return self.decode(self.labels[index])
-
-
-def id_decoder(table: np.ndarray, what: str, reader: Callable[[Path], np.ndarray] = read_mask):
-    """A ``decode`` that reads a label file with ``reader`` and maps it through ``table``."""
-
-    def decode(path: Path) -> np.ndarray:
-        ids = reader(path).astype(np.int64)
-        mapped = table[ids]
-        if (mapped < 0).any():
-            bad = sorted(set(np.unique(ids[mapped < 0]).tolist()))[:5]
-            raise LabelError(
-                f"label {str(path)!r} holds ids {bad} that {what} does not define; expected "
-                f"{what} label ids (each mapped to a training class or to {IGNORE_INDEX})"
-            )
-        return mapped
-
-    return decode
-
-
-def read_synthia_label(path: Path) -> np.ndarray:
-    """SYNTHIA's 16-bit label PNG: the class id is the first (red) channel."""
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise LabelError(f"cannot read label {str(path)!r}; expected a SYNTHIA GT/LABELS PNG")
-    return array[:, :, 2] if array.ndim == 3 else array  # OpenCV gives BGR
-
-
-def _with_labels(images: list[Path], label_of: Callable[[Path], Path], decode) -> LabelledFiles:
-    labels = [label_of(p) for p in images]
-    missing = [str(p) for p in labels if not p.is_file()]
-    if missing:
-        raise DatasetLayoutError(
-            f"{len(missing)} label file(s) missing, e.g. {missing[0]!r} for image "
-            f"{str(images[labels.index(Path(missing[0]))])!r}"
-        )
-    return LabelledFiles(tuple(images), tuple(labels), decode)
-
-
-def _cityscapes(root: Path, split: str, labelled: bool) -> LabelledFiles:
-    expected = (
-        f"expected Cityscapes layout: {root}/leftImg8bit/{split}/<city>/*_leftImg8bit.png and "
-        f"{root}/gtFine/{split}/<city>/*_gtFine_labelIds.png"
-    )
-    folder = require_dir(root / "leftImg8bit" / split, expected)
-    images = sorted(folder.glob("*/*_leftImg8bit.png"))
-    if not images:
-        raise DatasetLayoutError(f"no *_leftImg8bit.png under {str(folder)!r}; {expected}")
-    if not labelled:
-        return LabelledFiles(tuple(images), None)
-    decode = id_decoder(_lookup(CITYSCAPES_TRAIN_IDS, 34), "Cityscapes")
-
-    def label_of(p: Path) -> Path:
-        name = p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
-        return root / "gtFine" / split / p.parent.name / name
-
-    return _with_labels(images, label_of, decode)
-
-
-def _flat(root: Path, image_dir: str, label_dir: str, decode, what: str) -> LabelledFiles:
-    expected = f"expected {what} layout: {root}/{image_dir}/*.png and {root}/{label_dir}/*.png"
-    images = list_images(root / image_dir, expected)
-    return _with_labels(images, lambda p: root / label_dir / f"{p.stem}.png", decode)
-
-
-def _embedded_files(root: Path, folder: str, split: str, n_classes: int | None) -> LabelledFiles:
-    images = list_images(root / folder, f"expected the embedded layout under {root}")
-    if n_classes is None:
-        return LabelledFiles(tuple(images), None)
-    table = np.full(65536, -1, dtype=np.int32)
-    table[:n_classes] = np.arange(n_classes)
-    decode = id_decoder(table, f"the embedded data ({n_classes} classes)")
-    return _with_labels(images, lambda p: root / "masks" / split / f"{p.stem}.png", decode)
 
 
 def _transform(size: Sequence[int], flip: bool) -> A.Compose:
@@ -419,46 +260,31 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
             }[role]
             if role == "source" and self.target_supervised:
                 folder = "trainB"
-            files = _embedded_files(root, folder, split, self.n_classes if labelled else None)
+            files = find_embedded(root, folder, split, self.n_classes if labelled else None)
         elif layout == "cityscapes":
             split = "val" if role == "val" else "train"
-            files = _cityscapes(Path(self.target_dir).expanduser(), split, labelled)
+            files = find_cityscapes(Path(self.target_dir).expanduser(), split, labelled)
         elif layout == "gta5":
             root = Path(self.source_dir).expanduser()
-            decode = id_decoder(_lookup(CITYSCAPES_TRAIN_IDS, 34), "GTA5 (Cityscapes ids)")
-            files = _flat(root, "images", "labels", decode, "GTA5")
+            decode = id_decoder(lookup_table(CITYSCAPES_TRAIN_IDS, 34), "GTA5 (Cityscapes ids)")
+            files = find_flat(root, "images", "labels", decode, "GTA5")
         else:  # synthia
             root = Path(self.source_dir).expanduser()
-            decode = id_decoder(_lookup(SYNTHIA_TRAIN_IDS, 23), "SYNTHIA", read_synthia_label)
-            files = _flat(root, "RGB", "GT/LABELS", decode, "SYNTHIA")
+            decode = id_decoder(lookup_table(SYNTHIA_TRAIN_IDS, 23), "SYNTHIA", read_synthia_label)
+            files = find_flat(root, "RGB", "GT/LABELS", decode, "SYNTHIA")
         self._files[role] = files
         return files
-
-    @staticmethod
-    def _check(files: LabelledFiles) -> None:
-        """Every label has its image's size (read from the file headers), and the first
-        label's ids are known: bad labels fail at setup, not at batch 300."""
-        if files.labels is None:
-            return
-        for image, label in zip(files.images, files.labels):
-            with Image.open(image) as a, Image.open(label) as b:
-                if a.size != b.size:
-                    raise LabelError(
-                        f"label {str(label)!r} is {b.size[0]}x{b.size[1]} but image "
-                        f"{str(image)!r} is {a.size[0]}x{a.size[1]}; expected equal sizes"
-                    )
-        files.label(0)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             source, target = self._find("source"), self._find("target")
-            self._check(source)
+            check_labels(source)
             self.train_set = SegmentationTrainSet(
                 source, target, self.source_size, self.target_size, self.flip
             )
         if stage in (None, "fit", "validate", "test", "predict"):
             val = self._find("val")
-            self._check(val)
+            check_labels(val)
             n = len(val) if self.val_size is None else min(self.val_size, len(val))
             self.val_set = Subset(LabelledTargetSet(val, self.target_size), range(n))
             self.test_set = self.val_set

@@ -210,9 +210,6 @@ class BDL(CycleGAN):
         ):
             self.M = nn.SyncBatchNorm.convert_sync_batchnorm(self.M)
 
-    def on_fit_start(self) -> None:
-        pass  # F's history buffer is optional here; the schedule callback is what matters
-
     # -- the algorithm ----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
         if self.stage == "F":

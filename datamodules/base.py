@@ -102,6 +102,7 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         self.domains: dict[str, tuple[Domain, Domain]] = {}
         self.labels: dict[str, dict[str, int]] | None = None  # scenes.json labels, if any
         self._root: Path | None = None
+        self._checked: set[tuple[Path, ...]] = set()  # file lists already checked at setup
 
     # ---------------------------------------------------------------- where the data lives
     def prepare_data(self) -> None:
@@ -158,6 +159,12 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         if found is None:
             return None
         a, b = (d.head(self.max_dataset_size) for d in found)
+        # Every file is checked here, at setup, so a broken one fails before training;
+        # pix2pix's two halves share their files and are checked once.
+        for domain in (a, b):
+            if domain.paths not in self._checked:
+                domain.check()
+                self._checked.add(domain.paths)
         self.domains[split] = (a, b)
         return a, b
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from .io import DatasetLayoutError, list_images, read_mask, read_rgb
+from .io import DatasetLayoutError, check_images, is_image_file, list_images, read_mask, read_rgb
 
 Half = Literal["left", "right"] | None
 
@@ -61,6 +61,25 @@ class Domain:
             labels=None if self.labels is None else self.labels[:n],
         )
 
+    def check(self) -> None:
+        """Open every image's and mask's header (not the pixels) so that a broken, truncated
+        or wrong-mode file, or a mask whose size differs from its image, fails here - at a
+        data module's ``setup()`` - naming the file, instead of in the middle of an epoch.
+
+        Raises:
+            ImageReadError: A file that cannot be served (see ``io.probe_image``).
+            DatasetLayoutError: A listed file is gone, or a mask's size differs from its
+                image's (both as displayed, EXIF orientation applied).
+        """
+        sizes = check_images(self.paths)
+        if self.masks is None:
+            return
+        for mask, mask_size, path, size in zip(
+            self.masks, check_images(self.masks, mask=True), self.paths, sizes
+        ):
+            if mask_size != size:
+                raise DatasetLayoutError(_size_mismatch(mask, mask_size, path, size))
+
     def load(self, index: int, image: np.ndarray | None = None) -> Sample:
         """Decode item ``index``; ``image`` lets a caller pass an already decoded file."""
         path = self.paths[index]
@@ -71,11 +90,19 @@ class Domain:
             image = _split_half(image, self.half)
         if mask is not None and mask.shape != image.shape[:2]:
             raise DatasetLayoutError(
-                f"mask {str(self.masks[index])!r} is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{str(path)!r} is {image.shape[1]}x{image.shape[0]}; expected equal sizes"
+                _size_mismatch(self.masks[index], mask.shape[1::-1], path, image.shape[1::-1])
             )
         label = None if self.labels is None else self.labels[index]
         return Sample(image=image, path=str(path), mask=mask, label=label)
+
+
+def _size_mismatch(
+    mask: Path, mask_size: tuple[int, int], image: Path, image_size: tuple[int, int]
+) -> str:
+    return (
+        f"mask {str(mask)!r} is {mask_size[0]}x{mask_size[1]} but image {str(image)!r} is "
+        f"{image_size[0]}x{image_size[1]} (width x height as displayed); expected equal sizes"
+    )
 
 
 def _split_half(image: np.ndarray, half: Literal["left", "right"]) -> np.ndarray:
@@ -123,7 +150,7 @@ def scan_domain(
     masks = None
     mask_dir = root / "masks" / split
     if half is None and mask_dir.is_dir():
-        available = {p.stem: p for p in mask_dir.glob("*.png")}
+        available = {p.stem: p for p in mask_dir.glob("*.png") if is_image_file(p)}
         if all(s in available for s in stems):
             masks = tuple(available[s] for s in stems)
     split_labels = (labels or {}).get(split)

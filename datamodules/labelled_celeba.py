@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import DatasetLayoutError, require_dir
+from .io import AnnotationError, DatasetLayoutError, read_text, require_dir
 
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -28,10 +28,6 @@ CELEBA_LAYOUT = (
     "('<file> <0|1|2>' lines)"
 )
 PARTITION_CODES = {"0": "train", "1": "val", "2": "test"}
-
-
-class AnnotationError(ValueError):
-    """An annotation file is malformed; the message names the file, line and expectation."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,8 @@ class CelebAAttributes:
 
 
 def read_attributes(path: str | Path) -> CelebAAttributes:
-    """Parse ``list_attr_celeba.txt``.
+    """Parse ``list_attr_celeba.txt`` (UTF-8 or UTF-16, with or without a byte-order mark;
+    LF or CRLF line ends; fields separated by spaces or tabs: what Windows tools write too).
 
     Raises:
         DatasetLayoutError: The file is missing.
@@ -79,7 +76,7 @@ def read_attributes(path: str | Path) -> CelebAAttributes:
     path = Path(path)
     if not path.is_file():
         raise DatasetLayoutError(f"attribute file {str(path)!r} does not exist; {CELEBA_LAYOUT}")
-    lines = path.read_text().splitlines()
+    lines = read_text(path, CELEBA_LAYOUT).splitlines()
     if len(lines) < 2 or not lines[0].strip().isdigit():
         raise AnnotationError(
             f"{str(path)!r} line 1: expected the image count, then a line of attribute names"
@@ -108,14 +105,15 @@ def read_attributes(path: str | Path) -> CelebAAttributes:
 
 
 def read_partition(path: str | Path) -> dict[str, str]:
-    """Parse ``list_eval_partition.txt`` into ``{file: "train" | "val" | "test"}``.
+    """Parse ``list_eval_partition.txt`` into ``{file: "train" | "val" | "test"}`` (encodings
+    and line ends as :func:`read_attributes`).
 
     Raises:
         AnnotationError: A line is not ``<file> <0|1|2>``; names the file and line number.
     """
     path = Path(path)
     partition = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, CELEBA_LAYOUT).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue

@@ -15,7 +15,7 @@ PRESET_FILES := $(wildcard experiments/presets/$(PRESET).yaml) $(wildcard experi
 DATASET_FILE := $(if $(DATASET),experiments/datasets/$(DATASET)/$(NAME).yaml)
 CONFIGS := --config experiments/$(NAME).yaml $(addprefix --config ,$(PRESET_FILES) $(DATASET_FILE))
 
-.PHONY: help install test lint format experiment compare bench sweep clean
+.PHONY: help install test lint format experiment translate compare bench sweep clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -46,6 +46,15 @@ experiment: install ## train NAME with PRESET (quick: embedded data, <= 5 min CP
 	@test -f experiments/$(NAME).yaml || { echo "unknown NAME=$(NAME); papers: $$(cd experiments && ls *.yaml | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
 	@test -z "$(DATASET)" || test -f "$(DATASET_FILE)" || { echo "no $(DATASET_FILE): DATASET=$(DATASET) is set up for NAME=$$(ls experiments/datasets/$(DATASET) 2>/dev/null | sed 's/.yaml//' | tr '\n' ' ') (datasets: $$(ls experiments/datasets | tr '\n' ' '))"; exit 2; }
 	$(VENV)/bin/gan-suite fit $(CONFIGS) $(if $(DATA),--data.data_dir $(DATA))
+
+translate: install ## translate a folder: make translate NAME=cyclegan INPUT=dir [CKPT=...] [DIRECTION=BtoA] [OUT=dir]
+	@test -n "$(INPUT)$(LABELS)" || { echo "INPUT=<folder or image> is required (cGAN: LABELS=0,1,2)"; exit 2; }
+	@# CKPT defaults to the newest runs/$(NAME)/*/checkpoints/last.ckpt
+	@ckpt="$(CKPT)"; test -n "$$ckpt" || ckpt=$$(ls -t runs/$(NAME)/*/checkpoints/last.ckpt 2>/dev/null | head -1); \
+	test -n "$$ckpt" || { echo "no runs/$(NAME)/*/checkpoints/last.ckpt: give CKPT=<checkpoint> (or train: make experiment NAME=$(NAME))"; exit 2; }; \
+	set -x; $(VENV)/bin/gan-suite predict --ckpt_path "$$ckpt" $(if $(INPUT),--input "$(INPUT)") \
+	  $(if $(DIRECTION),--direction $(DIRECTION)) $(if $(OUT),--out "$(OUT)") $(if $(SIZE),--size $(SIZE)) \
+	  $(if $(ATTRIBUTES),--attributes "$(ATTRIBUTES)") $(if $(LABELS),--labels $(LABELS))
 
 compare: install ## side-by-side metrics of finished runs: make compare RUNS="runs/a/x runs/b/y"
 	$(VENV)/bin/gan-suite compare $(RUNS)

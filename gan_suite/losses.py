@@ -96,20 +96,42 @@ def linear_decay_factor(epoch: int, n_epochs_constant: int, n_epochs_decay: int)
     """LR multiplier: 1 for ``n_epochs_constant`` epochs, then linear decay towards 0.
 
     After epoch e (0-based) the factor is 1 - max(0, e + 1 - n_const) / (n_decay + 1), the
-    CycleGAN schedule: the last decay epoch runs at lr / (n_decay + 1), never exactly 0.
+    CycleGAN schedule: the last decay epoch (e = n_const + n_decay - 1) runs at
+    lr / (n_decay + 1). Past the schedule the factor stays 0, clipped to [0, 1], never
+    negative (a negative rate would be gradient ascent); models refuse such run budgets.
     """
-    return 1.0 - max(0, epoch + 1 - n_epochs_constant) / float(n_epochs_decay + 1)
+    factor = 1.0 - max(0, epoch + 1 - n_epochs_constant) / float(n_epochs_decay + 1)
+    return min(1.0, max(0.0, factor))
 
 
-def check_finite(losses: dict[str, Tensor], step: int) -> None:
-    """Raise a clear error naming the loss term that went NaN/inf, before it reaches weights."""
-    for name, value in losses.items():
-        if not torch.isfinite(value).all():
-            raise FloatingPointError(
-                f"loss term {name!r} is {value.item()} at global step {step}: training diverged "
-                "(lower the learning rate, check the data range is [-1, 1], or try bf16 off); "
-                "no checkpoint is written from this state"
-            )
+def nonfinite_terms(losses: dict[str, Tensor]) -> list[str]:
+    """Names of the terms of ``losses`` (name -> tensor of any shape) holding a NaN or an inf."""
+    return [name for name, value in losses.items() if not torch.isfinite(value).all()]
+
+
+def check_finite(losses: dict[str, Tensor], step: int, iteration: int | None = None) -> None:
+    """Raise a clear error naming the loss term that went NaN/inf, before it reaches weights.
+
+    ``step`` is Lightning's global step (optimizer steps, 2-3 per GAN batch); ``iteration``
+    (optional) the training batches done, the unit the papers' schedules count in.
+
+    Raises:
+        FloatingPointError: a term holds a NaN or an inf; the message names the term, its
+            value, the iteration and the global step.
+    """
+    bad = nonfinite_terms(losses)
+    if not bad:
+        return
+    value = losses[bad[0]].detach()
+    shown = value.item() if value.numel() == 1 else "non-finite"
+    at = f"global step {step}"
+    if iteration is not None:
+        at = f"iteration {iteration} ({at})"
+    raise FloatingPointError(
+        f"loss term {bad[0]!r} is {shown} at {at}: training diverged "
+        "(lower the learning rate, check the data range is [-1, 1], or try bf16 off); "
+        "no backward or optimizer step was taken with it"
+    )
 
 
 def content_consistency_loss(att_1: Tensor, att_2: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -254,7 +276,8 @@ def exponential_decay_lr(
     The cGAN schedule (Mirza & Osindero 2014, section 4.1: 0.1 "exponentially decreased down
     to .000001 with decay factor of 1.00004"), pylearn2's per-batch ``ExponentialDecay``.
     """
-    return max(initial_lr * decay_factor ** (-float(step)), min_lr)
+    # clipped to [min_lr, initial_lr]: a decay_factor below 1 must not grow the rate
+    return min(initial_lr, max(initial_lr * decay_factor ** (-float(step)), min_lr))
 
 
 def linear_momentum(
@@ -279,7 +302,7 @@ def linear_decay_to_zero(iteration: int, n_iterations: int, n_iterations_decay: 
     start = n_iterations - n_iterations_decay
     if iteration < start:
         return 1.0
-    return max(0.0, (n_iterations - iteration) / max(n_iterations_decay, 1))
+    return min(1.0, max(0.0, (n_iterations - iteration) / max(n_iterations_decay, 1)))
 
 
 def attribute_classification_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -359,4 +382,4 @@ def poly_lr_factor(iteration: int, n_iterations: int, power: float = 0.9) -> flo
     outlives ``n_iterations`` stays at 0 instead of going negative."""
     if n_iterations <= 0:
         return 1.0
-    return max(0.0, 1.0 - iteration / n_iterations) ** power
+    return min(1.0, max(0.0, 1.0 - iteration / n_iterations)) ** power

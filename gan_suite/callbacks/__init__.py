@@ -4,6 +4,7 @@ from gan_suite.callbacks.ddp_check import DDPConsistencyCheck
 from gan_suite.callbacks.evaluation import Evaluation
 from gan_suite.callbacks.history import HistoryBuffer, ImagePool
 from gan_suite.callbacks.instances import InstanceNeighbourhoods
+from gan_suite.callbacks.safety import RunSafety
 from gan_suite.callbacks.samples import SampleGrid
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "HistoryBuffer",
     "ImagePool",
     "InstanceNeighbourhoods",
+    "RunSafety",
     "SampleGrid",
 ]
 

@@ -25,11 +25,18 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from gan_suite.eval.metrics import Translation, two_way_translations
-from gan_suite.losses import check_finite
+from gan_suite.losses import check_finite, nonfinite_terms
+from gan_suite.models import checks
 from gan_suite.models.phases import Phase, check_phases
+from gan_suite.nets.sizes import InputSizes
+from gan_suite.utils.rng_state import collect_rng_states, restore_rng_states
+
+#: checkpoint key of the per-rank global RNG states (a list indexed by global rank)
+RNG_STATES_KEY = "gan_suite_rng_states"
 
 
 class GANModule(L.LightningModule):
@@ -119,11 +126,59 @@ class GANModule(L.LightningModule):
             first = first[0] if isinstance(first, list) else first
             self.log("train/lr", first.param_groups[0]["lr"])
 
+    # -- checkpoints: what Lightning does not restore by itself ----------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add the switched-off phases and every rank's global RNG states (torch, NumPy,
+        Python; see :mod:`gan_suite.utils.rng_state`) to ``checkpoint``.
+
+        Lightning runs this hook on every rank before rank 0 writes the file, so under DDP
+        the ranks' states are gathered here (a collective: each rank must save together, as
+        ``Trainer.save_checkpoint`` and ModelCheckpoint do)."""
         checkpoint["gan_suite_disabled_phases"] = sorted(self._disabled_phases)
+        mine = collect_rng_states()
+        trainer = self._trainer
+        states = [mine]
+        if trainer is not None and trainer.world_size > 1 and dist.is_initialized():
+            states = [None] * trainer.world_size
+            dist.all_gather_object(states, mine)
+        checkpoint[RNG_STATES_KEY] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Take back the switched-off phases; keep this rank's RNG states for
+        :meth:`on_train_start` (checkpoints written before they were saved resume with the
+        streams ``seed_everything`` gives)."""
         self._disabled_phases = set(checkpoint.get("gan_suite_disabled_phases", []))
+        states = checkpoint.get(RNG_STATES_KEY)
+        if not states:
+            self._rng_states_to_restore = None
+            return
+        rank = self.global_rank if self._trainer is not None else 0
+        if len(states) == (self.trainer.world_size if self._trainer is not None else 1):
+            self._rng_states_to_restore = states[rank]
+            return
+        # another number of processes than the run that saved: each rank continues rank 0's
+        # streams, offset by its rank as setup() does, so that ranks still draw apart
+        warnings.warn(
+            f"checkpoint holds RNG states of {len(states)} process(es), this run has "
+            f"{self.trainer.world_size}: rank {rank} continues rank 0's streams offset by its "
+            "rank, so the resumed run does not repeat the uninterrupted one exactly",
+            stacklevel=2,
+        )
+        self._rng_states_to_restore = {**states[0], "offset_by_rank": rank}
+
+    _rng_states_to_restore: dict | None = None
+
+    def on_train_start(self) -> None:
+        """Restore the global RNG states of a resumed run here, right before the first
+        training batch, not at checkpoint loading: between the two, a resumed run runs hooks
+        (callbacks' on_fit_start building an evaluator net, the data loader set-up) that the
+        uninterrupted run ran at its start, and their draws must not shift the streams."""
+        states, self._rng_states_to_restore = self._rng_states_to_restore, None
+        if states is None:
+            return
+        restore_rng_states(states)
+        if states.get("offset_by_rank"):
+            torch.manual_seed(int(torch.randint(2**62, ())) + 1_000_003 * states["offset_by_rank"])
 
     # -- plumbing -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -133,6 +188,52 @@ class GANModule(L.LightningModule):
         if stage == "fit" and trainer is not None and trainer.world_size > 1:
             # one place for per-rank streams: noise, neighbour rows, patch pairs, ...
             torch.manual_seed(torch.initial_seed() + 1_000_003 * trainer.global_rank)
+        self.check_input_sizes()
+        if stage == "fit":
+            self._budget_checked = False
+
+    # -- the run's configuration against the model ----------------------------------------
+    def input_size_requirements(self) -> list[tuple[str, InputSizes]]:
+        """(net in words, the sides it accepts) for every net that sees the data's images;
+        checked against the data module's ``input_sizes()`` at setup."""
+        return []
+
+    def check_input_sizes(self) -> None:
+        """Compare the data module's declared image sizes with :meth:`input_size_requirements`.
+
+        Raises:
+            ValueError: a size a net cannot take, naming the data option, the size and what
+                each refusing net accepts.
+        """
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        declared = getattr(dm, "input_sizes", None)
+        if declared is None:
+            return
+        sizes = declared()
+        values = {k: getattr(dm, k.rsplit(".", 1)[-1], v) for k, v in sizes.items()}
+        checks.check_input_sizes(type(self).__name__, self.input_size_requirements(), sizes, values)
+
+    def schedule_horizons(self) -> list[checks.ScheduleHorizon]:
+        """The spans over which the paper's schedules are defined (none by default)."""
+        return []
+
+    def planned_iterations(self) -> int | None:
+        """Training iterations (batches) the trainer will run: min(max_epochs x batches per
+        epoch, the ``max_iterations`` of any trainer callback that has one, e.g. the
+        IterationBudget that turns ``--trainer.max_steps N`` into N iterations). None when
+        the run is unbounded, or before the train loader is set up (``on_train_start`` on)."""
+        return checks.planned_iterations(self.trainer) if self._trainer is not None else None
+
+    def on_train_epoch_start(self) -> None:
+        """Before the first training step of a fit (the batches per epoch are known by then),
+        refuse a run budget that outlives a schedule (:func:`checks.check_schedule_budget`)."""
+        if not self._budget_checked:
+            self._budget_checked = True
+            checks.check_schedule_budget(
+                type(self).__name__, self.schedule_horizons(), self.trainer
+            )
+
+    _budget_checked: bool = False
 
     def prepare_images(self, x: Tensor) -> Tensor:
         """Put an input batch in the memory format the nets were converted to."""
@@ -141,14 +242,54 @@ class GANModule(L.LightningModule):
     def backward_and_step(self, optimizer, loss: Tensor) -> None:
         """Backward, step and clear ``optimizer``'s nets. Call it inside
         ``with self.toggled_optimizer(optimizer):`` opened *before* the forward pass, so the
-        nets of the other optimizers are frozen while the graph is built and get no gradient."""
+        nets of the other optimizers are frozen while the graph is built and get no gradient.
+
+        When the phase's :meth:`log_terms` found a non-finite term and the run skips such steps
+        (``RunSafety(on_nonfinite="skip")``), there is no backward and no optimizer step."""
+        if self._skip_nonfinite_step:
+            self._skip_nonfinite_step = False
+            optimizer.zero_grad(set_to_none=True)
+            return
         self.manual_backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    # set by the RunSafety callback: decides whether a non-finite training step is skipped
+    nonfinite_handler = None
+    _skip_nonfinite_step: bool = False
+
     def log_terms(self, prefix: str, terms: dict[str, Tensor], prog_bar: tuple = ()) -> None:
-        """Check every term is finite, then log each as ``<prefix>/<name>``."""
-        check_finite(terms, self.global_step)
+        """Check every term is finite, then log each as ``<prefix>/<name>``.
+
+        Call it before the phase's :meth:`backward_and_step`. A NaN/inf term raises
+        FloatingPointError naming the term, the iteration and the global step, unless the
+        ``nonfinite_handler`` (the RunSafety callback) says to skip: then the phase's next
+        :meth:`backward_and_step` takes no step and the terms are not logged. Under DDP every
+        rank takes the same decision (one rank's NaN stops or skips all), so no rank is left
+        waiting in a gradient all-reduce.
+        """
+        bad = nonfinite_terms(terms)
+        synced = False
+        if prefix == "train" and self._trainer is not None and self.trainer.world_size > 1:
+            # training steps run in lockstep on every rank, so this collective is matched
+            synced = True
+            any_bad = self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
+            if any_bad and not bad:
+                bad = ["<a term on another rank>"]
+        if bad:
+            handler = self.nonfinite_handler
+            if prefix == "train" and handler is not None and handler.skip_step(self, bad):
+                self._skip_nonfinite_step = True
+                return
+            try:
+                check_finite(terms, self.global_step, int(self.iteration))
+                raise FloatingPointError(
+                    f"a loss term on another rank is non-finite at iteration "
+                    f"{int(self.iteration)} (global step {self.global_step}): training diverged"
+                )
+            except FloatingPointError as err:
+                err.all_ranks = synced or self._trainer is None or self.trainer.world_size == 1
+                raise
         for name, value in terms.items():
             self.log(
                 f"{prefix}/{name}",

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .catalog import check_embedded, materialize_embedded
 from .datasets import AlignedDataset, SingleDomainDataset
 from .domain import Domain, load_labels
-from .io import require_dir
+from .io import option, require_dir
 from .publish import load_scenes
 from .transforms import build_transform
 
@@ -27,15 +27,37 @@ Split = Literal["train", "val", "test"]
 
 class SplitLoaders:
     """DataLoaders of the ``train_set``/``val_set``/``test_set`` a data module builds in
-    ``setup``, from its ``batch_size``, ``num_workers``, ``pin_memory`` and ``seed``."""
+    ``setup``, from its ``batch_size``, ``num_workers``, ``pin_memory`` and ``seed``.
+
+    The training loader draws its shuffle order and its workers' base seed from one
+    ``torch.Generator`` per data module (:meth:`train_generator`), never from the global
+    stream; the generator's state is the data module's checkpoint state (:meth:`state_dict`),
+    so a run resumed from an epoch-end checkpoint shuffles its next epochs as the
+    uninterrupted run does."""
 
     #: keep loader workers between epochs (False where a dataset changes between epochs)
     persistent_workers = True
 
+    def train_generator(self) -> torch.Generator:
+        """The training loader's generator, seeded with ``seed`` on first use."""
+        generator = self.__dict__.get("_train_generator")
+        if generator is None:
+            generator = self._train_generator = torch.Generator().manual_seed(self.seed)
+        return generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint state: the training generator (the shuffles of the epochs to come)."""
+        return {"train_generator": self.train_generator().get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (before the resumed fit builds its loader)."""
+        if "train_generator" in state_dict:
+            self.train_generator().set_state(state_dict["train_generator"])
+
     def _loader(self, dataset: Dataset | None, name: str, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{name} dataset is not built; call setup() for its stage first")
-        generator = torch.Generator().manual_seed(self.seed) if train else None
+        generator = self.train_generator() if train else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -89,7 +111,10 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         super().__init__()
         embedded = check_embedded(embedded)
         if crop_size > load_size:
-            raise ValueError(f"crop_size ({crop_size}) must be <= load_size ({load_size})")
+            raise ValueError(
+                f"{option('crop_size')} ({crop_size}) must be <= {option('load_size')} "
+                f"({load_size}): the random crop is taken from the resized image"
+            )
         self.data_dir = data_dir
         self.load_size, self.crop_size, self.flip = load_size, crop_size, flip
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -134,6 +159,11 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         if not (self.root / "scenes.json").is_file():
             return False
         return bool(load_scenes(self.root).get("paired", True))
+
+    def input_sizes(self) -> dict[str, tuple[int, int]]:
+        """The image sizes the loaders serve, by option: every split is served at
+        ``crop_size`` x ``crop_size`` (training crops, evaluation resizes), (H, W) in pixels."""
+        return {"data.init_args.crop_size": (self.crop_size, self.crop_size)}
 
     # ---------------------------------------------------------------- hooks for subclasses
     def _find_split(self, root: Path, split: Split, required: bool) -> tuple[Domain, Domain] | None:

@@ -16,7 +16,16 @@ from typing import Literal
 
 import numpy as np
 
-from .io import DatasetLayoutError, check_images, is_image_file, list_images, read_mask, read_rgb
+from .io import (
+    DatasetLayoutError,
+    check_images,
+    check_masks,
+    is_image_file,
+    list_images,
+    read_mask,
+    read_rgb,
+    size_mismatch,
+)
 
 Half = Literal["left", "right"] | None
 
@@ -72,13 +81,8 @@ class Domain:
                 image's (both as displayed, EXIF orientation applied).
         """
         sizes = check_images(self.paths)
-        if self.masks is None:
-            return
-        for mask, mask_size, path, size in zip(
-            self.masks, check_images(self.masks, mask=True), self.paths, sizes
-        ):
-            if mask_size != size:
-                raise DatasetLayoutError(_size_mismatch(mask, mask_size, path, size))
+        if self.masks is not None:
+            check_masks(self.paths, self.masks, sizes)
 
     def load(self, index: int, image: np.ndarray | None = None) -> Sample:
         """Decode item ``index``; ``image`` lets a caller pass an already decoded file."""
@@ -90,19 +94,10 @@ class Domain:
             image = _split_half(image, self.half)
         if mask is not None and mask.shape != image.shape[:2]:
             raise DatasetLayoutError(
-                _size_mismatch(self.masks[index], mask.shape[1::-1], path, image.shape[1::-1])
+                size_mismatch(self.masks[index], mask.shape[1::-1], path, image.shape[1::-1])
             )
         label = None if self.labels is None else self.labels[index]
         return Sample(image=image, path=str(path), mask=mask, label=label)
-
-
-def _size_mismatch(
-    mask: Path, mask_size: tuple[int, int], image: Path, image_size: tuple[int, int]
-) -> str:
-    return (
-        f"mask {str(mask)!r} is {mask_size[0]}x{mask_size[1]} but image {str(image)!r} is "
-        f"{image_size[0]}x{image_size[1]} (width x height as displayed); expected equal sizes"
-    )
 
 
 def _split_half(image: np.ndarray, half: Literal["left", "right"]) -> np.ndarray:

@@ -284,6 +284,44 @@ def probe_image(path: str | Path, mask: bool = False) -> tuple[int, int]:
     return size
 
 
+def check_masks(
+    images: Sequence[Path], masks: Sequence[Path], image_sizes: Sequence[tuple[int, int]]
+) -> None:
+    """Probe every mask (one-channel class indices) and require its image's displayed size.
+
+    Args:
+        images: Image files.
+        masks: The mask of each image, aligned with ``images``.
+        image_sizes: ``(width, height)`` of each image, from :func:`check_images`.
+
+    Raises:
+        ImageReadError: A mask that cannot be read or has colour channels.
+        DatasetLayoutError: A mask whose size differs from its image's; names both files.
+    """
+    for mask, mask_size, image, size in zip(
+        masks, check_images(masks, mask=True), images, image_sizes
+    ):
+        if mask_size != size:
+            raise DatasetLayoutError(size_mismatch(mask, mask_size, image, size))
+
+
+def size_mismatch(
+    label: Path, label_size: Sequence[int], image: Path, image_size: Sequence[int]
+) -> str:
+    """The message for a label/mask whose ``(width, height)`` differs from its image's."""
+    return (
+        f"label {str(label)!r} is {label_size[0]}x{label_size[1]} but image {str(image)!r} is "
+        f"{image_size[0]}x{image_size[1]} (width x height as displayed, EXIF orientation "
+        "applied); expected equal sizes"
+    )
+
+
+def option(name: str) -> str:
+    """How a user sets data-module argument ``name`` in a config or on the command line, for
+    error messages (``data.init_args.labelled_fraction``)."""
+    return f"data.init_args.{name}"
+
+
 def _last_bytes(path: Path, n: int) -> bytes:
     with path.open("rb") as f:
         f.seek(0, 2)

@@ -82,7 +82,7 @@ from torch.utils.data import DataLoader
 from .base import SplitLoaders
 from .catalog import check_embedded, embedded_dataset, materialize_embedded
 from .instances import NeighbourhoodDataset
-from .io import DatasetLayoutError
+from .io import DatasetLayoutError, option
 from .labelled_data import (
     LabelledDataset,
     LabelledTransform,
@@ -196,15 +196,21 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         _check_choice("domain", domain, ("A", "B", "both"))
         _check_choice("channels", channels, (1, 3))
         if not (0.0 < labelled_fraction <= 1.0):  # also rejects NaN
-            raise ValueError(f"labelled_fraction must be in (0, 1], got {labelled_fraction!r}")
+            raise ValueError(
+                f"{option('labelled_fraction')} must be in (0, 1] (the share of training "
+                f"examples that keep their labels), got {labelled_fraction!r}"
+            )
         if not (0.0 <= val_fraction < 1.0):
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+            raise ValueError(f"{option('val_fraction')} must be in [0, 1), got {val_fraction!r}")
         if attributes and source not in _ATTRIBUTE_SOURCES:
             raise ValueError(
-                f"attributes are only served by {_ATTRIBUTE_SOURCES}, not source={source!r}"
+                f"{option('attributes')} are only served by {_ATTRIBUTE_SOURCES}, not "
+                f"source={source!r}"
             )
         if source in ("folder", "mnist", "celeba") and data_dir is None:
-            raise ValueError(f"source={source!r} needs data_dir (nothing is downloaded)")
+            raise ValueError(
+                f"source={source!r} needs {option('data_dir')} (nothing is downloaded)"
+            )
         if source in _EMBEDDED_SOURCES:
             named = embedded_dataset(embedded) if (embedded or {}).get("dataset") else source
             if named != source:
@@ -270,6 +276,12 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
                 source.test = source.val
             if len(source.train) == 0:
                 raise DatasetLayoutError(f"source={self.source!r}: the training split is empty")
+            # Every file is checked now, before training, so a broken one is named at setup.
+            checked: set[int] = set()
+            for split in (source.train, source.val, source.test):
+                if id(split) not in checked:
+                    split.check()
+                    checked.add(id(split))
             self._source = source
         return self._source
 
@@ -294,6 +306,10 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
     def attribute_names(self) -> list[str]:
         """Name of each attribute column (empty for class-only sources)."""
         return list(self.data.attribute_names)
+
+    def input_sizes(self) -> dict[str, tuple[int, int]]:
+        """The image size the loaders serve, by option: (H, W) = (image_size, image_size)."""
+        return {"data.init_args.image_size": (self.image_size, self.image_size)}
 
     # ---------------------------------------------------------------- datasets
     def _transform(self, train: bool) -> LabelledTransform:
@@ -367,6 +383,8 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # the workers' base seed from the checkpointed generator, not the global stream
+            generator=self.train_generator(),
         )
 
     # ---------------------------------------------------------------- the labelled subset
@@ -450,4 +468,4 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise ValueError(f"{option(name)} must be one of {list(choices)}, got {value!r}")

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from gan_suite.utils import atomic_write
 
-from .io import read_mask, read_rgb
+from .io import check_images, check_masks, read_mask, read_rgb, read_text
 from .labelled_celeba import AnnotationError
 from .transforms import apply, build_transform, draw_seed
 
@@ -80,6 +80,22 @@ class LabelledSplit:
             groups=take(self.groups),
             keys=take(self.keys),
         )
+
+    def check(self) -> None:
+        """Open every image file's and mask's header (not the pixels), so a broken file or a
+        mask of the wrong size or mode fails at ``setup()``, naming the file; in-memory
+        images (MNIST) need no check.
+
+        Raises:
+            ImageReadError: A file that cannot be served (see ``io.probe_image``).
+            DatasetLayoutError: A listed file is gone, or a mask's size differs from its
+                image's.
+        """
+        if not isinstance(self.images, tuple):
+            return
+        sizes = check_images(self.images)
+        if self.masks is not None:
+            check_masks(self.images, self.masks, sizes)
 
     def image(self, index: int) -> np.ndarray:
         """Item ``index`` as an ``(H, W, 3)`` uint8 array (grayscale replicated)."""
@@ -210,13 +226,7 @@ def load_labelled_list(path: Path, keys: Sequence[str]) -> np.ndarray:
     ``#`` comments skipped). An entry that is not in ``keys`` raises, naming file and line."""
     where = {key: i for i, key in enumerate(keys)}
     mask = np.zeros(len(keys), dtype=bool)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise AnnotationError(
-            f"labelled list {str(path)!r} (data.labelled_list) is not UTF-8 text: {err}; "
-            "expected one training item per line"
-        ) from err
+    text = read_text(path, "one training item per line (data.init_args.labelled_list)")
     for number, line in enumerate(text.splitlines(), start=1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
@@ -235,8 +245,8 @@ def load_labelled_list(path: Path, keys: Sequence[str]) -> np.ndarray:
 
 def read_list_header(path: Path) -> dict[str, str]:
     """The ``key=value`` pairs of the first line of a labelled list, if it is a comment."""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        first = f.readline().strip()
+    lines = read_text(path, "one training item per line").splitlines()
+    first = lines[0].strip() if lines else ""
     if not first.startswith("#"):
         return {}
     pairs = (token.split("=", 1) for token in first[1:].split() if "=" in token)

@@ -17,7 +17,7 @@ import numpy as np
 
 from gan_suite.utils import atomic_write, default_cache_root
 
-from .io import DatasetLayoutError, ImageReadError, list_images, require_dir
+from .io import DatasetLayoutError, ImageReadError, is_system_entry, list_images, require_dir
 from .labelled_celeba import load_celeba
 from .labelled_data import LabelKind, LabelledSplit
 from .publish import load_scenes
@@ -43,7 +43,8 @@ FOLDER_LAYOUT = (
 
 
 def _class_folders(root: Path) -> list[Path]:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # __MACOSX (macOS zip resource forks) and hidden folders are no classes.
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_system_entry(p))
     if not folders:
         raise DatasetLayoutError(f"{str(root)!r} holds no class folders; {FOLDER_LAYOUT}")
     return folders

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
+from .io import option
+
 
 class EpochSampler(Sampler[int]):
     """Indices ``0..length-1`` in order, plus an ``epoch`` that Lightning sets at the start of
@@ -53,18 +55,19 @@ def check_matched(
     """Raise ``ValueError`` naming the option when class-grouped batches cannot be built
     (the class count is checked only when ``classes`` and ``labelled`` are given)."""
     if classes_per_batch < 1:
-        raise ValueError(f"classes_per_batch must be >= 1, got {classes_per_batch}")
+        raise ValueError(f"{option('classes_per_batch')} must be >= 1, got {classes_per_batch}")
     if batch_size % classes_per_batch:
         raise ValueError(
-            f"batch_size ({batch_size}) must be divisible by classes_per_batch "
-            f"({classes_per_batch}) for batch_composition='matched'"
+            f"{option('batch_size')} ({batch_size}) must be divisible by "
+            f"{option('classes_per_batch')} ({classes_per_batch}) for batch_composition='matched'"
         )
     if classes is None or labelled is None:
         return
     found = len(np.unique(classes[labelled]))
     if found < classes_per_batch:
         raise ValueError(
-            f"classes_per_batch={classes_per_batch} needs at least that many labelled classes "
+            f"{option('classes_per_batch')}={classes_per_batch} needs at least that many "
+            "labelled classes "
             f"(or attribute patterns), but the labelled training set has {found}"
         )
 

@@ -40,13 +40,13 @@ from torch.utils.data import Dataset, Subset
 
 from .base import SplitLoaders
 from .catalog import check_embedded, embedded_dataset, materialize_embedded
-from .io import IMAGE_EXTENSIONS, DatasetLayoutError, read_mask, read_rgb
+from .io import IMAGE_EXTENSIONS, DatasetLayoutError, option, read_mask, read_rgb
 from .segmentation_layouts import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_TRAIN_IDS,
     SYNTHIA_TRAIN_IDS,
     LabelledFiles,
-    check_labels,
+    check_files,
     find_cityscapes,
     find_embedded,
     find_flat,
@@ -192,16 +192,21 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
             ("target", target, ("embedded", "cityscapes")),
         ):
             if value not in allowed:
-                raise ValueError(f"{field}={value!r}: expected one of {list(allowed)}")
+                raise ValueError(f"{option(field)}={value!r}: expected one of {list(allowed)}")
         for field, layout, folder in (
             ("source", source, source_dir),
             ("target", target, target_dir),
         ):
             if layout != "embedded" and folder is None:
-                raise ValueError(f"{field}={layout!r} needs {field}_dir: the dataset's root")
+                raise ValueError(
+                    f"{field}={layout!r} needs {field}_dir ({option(field + '_dir')}): the "
+                    "dataset's root"
+                )
         for field, size in (("source_size", source_size), ("target_size", target_size)):
             if len(size) != 2 or min(size) < 1:
-                raise ValueError(f"{field}={list(size)}: expected [height, width] in pixels")
+                raise ValueError(
+                    f"{option(field)}={list(size)}: expected [height, width] in pixels"
+                )
         self.source, self.source_dir = source, source_dir
         self.target, self.target_dir = target, target_dir
         self.embedded = check_embedded(embedded)
@@ -275,16 +280,24 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         self._files[role] = files
         return files
 
+    def input_sizes(self) -> dict[str, tuple[int, int]]:
+        """The image sizes the loaders serve, by option: (H, W) of source and target images."""
+        return {
+            "data.init_args.source_size": tuple(self.source_size),
+            "data.init_args.target_size": tuple(self.target_size),
+        }
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             source, target = self._find("source"), self._find("target")
-            check_labels(source)
+            check_files(source)
+            check_files(target)
             self.train_set = SegmentationTrainSet(
                 source, target, self.source_size, self.target_size, self.flip
             )
         if stage in (None, "fit", "validate", "test", "predict"):
             val = self._find("val")
-            check_labels(val)
+            check_files(val)
             n = len(val) if self.val_size is None else min(self.val_size, len(val))
             self.val_set = Subset(LabelledTargetSet(val, self.target_size), range(n))
             self.test_set = self.val_set

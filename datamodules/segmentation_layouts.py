@@ -9,13 +9,23 @@ a split, their label files and how to decode one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .io import DatasetLayoutError, list_images, read_mask, require_dir
+from .io import (
+    DatasetLayoutError,
+    check_images,
+    exif_orientation,
+    is_image_file,
+    is_system_entry,
+    list_images,
+    orient_array,
+    read_mask,
+    require_dir,
+    size_mismatch,
+)
 from .transforms import cv2
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -110,6 +120,8 @@ class LabelledFiles:
     images: tuple[Path, ...]
     labels: tuple[Path, ...] | None
     decode: Callable[[Path], np.ndarray] | None = None
+    #: labels are one-channel class-index PNGs (False: SYNTHIA's 16-bit colour PNGs)
+    mask_labels: bool = True
 
     def __len__(self) -> int:
         return len(self.images)
@@ -136,11 +148,15 @@ def id_decoder(table: np.ndarray, what: str, reader: Callable[[Path], np.ndarray
 
 
 def read_synthia_label(path: Path) -> np.ndarray:
-    """SYNTHIA's 16-bit label PNG: the class id is the first (red) channel."""
+    """SYNTHIA's 16-bit label PNG: the class id is the first (red) channel.
+
+    Read with OpenCV, as Pillow cuts 16-bit colour channels to 8 bits; OpenCV ignores the
+    EXIF orientation with ``IMREAD_UNCHANGED``, so it is applied here as on every image."""
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise LabelError(f"cannot read label {str(path)!r}; expected a SYNTHIA GT/LABELS PNG")
-    return array[:, :, 2] if array.ndim == 3 else array  # OpenCV gives BGR
+    ids = array[:, :, 2] if array.ndim == 3 else array  # OpenCV gives BGR
+    return orient_array(ids, exif_orientation(path))
 
 
 def _with_labels(images: list[Path], label_of: Callable[[Path], Path], decode) -> LabelledFiles:
@@ -160,7 +176,12 @@ def find_cityscapes(root: Path, split: str, labelled: bool) -> LabelledFiles:
         f"{root}/gtFine/{split}/<city>/*_gtFine_labelIds.png"
     )
     folder = require_dir(root / "leftImg8bit" / split, expected)
-    images = sorted(folder.glob("*/*_leftImg8bit.png"))
+    # pathlib's glob matches hidden names too: skip macOS "._*" forks and system folders.
+    images = sorted(
+        p
+        for p in folder.glob("*/*_leftImg8bit.png")
+        if is_image_file(p) and not is_system_entry(p.parent)
+    )
     if not images:
         raise DatasetLayoutError(f"no *_leftImg8bit.png under {str(folder)!r}; {expected}")
     if not labelled:
@@ -177,7 +198,8 @@ def find_cityscapes(root: Path, split: str, labelled: bool) -> LabelledFiles:
 def find_flat(root: Path, image_dir: str, label_dir: str, decode, what: str) -> LabelledFiles:
     expected = f"expected {what} layout: {root}/{image_dir}/*.png and {root}/{label_dir}/*.png"
     images = list_images(root / image_dir, expected)
-    return _with_labels(images, lambda p: root / label_dir / f"{p.stem}.png", decode)
+    files = _with_labels(images, lambda p: root / label_dir / f"{p.stem}.png", decode)
+    return replace(files, mask_labels=label_dir != "GT/LABELS")
 
 
 def find_embedded(root: Path, folder: str, split: str, n_classes: int | None) -> LabelledFiles:
@@ -190,20 +212,22 @@ def find_embedded(root: Path, folder: str, split: str, n_classes: int | None) ->
     return _with_labels(images, lambda p: root / "masks" / split / f"{p.stem}.png", decode)
 
 
-def check_labels(files: LabelledFiles) -> None:
-    """Every label has its image's size (read from the file headers), and the first label's
-    ids are known: bad labels fail at setup, not at batch 300.
+def check_files(files: LabelledFiles) -> None:
+    """Open every image's and label's header (not the pixels): a broken, truncated or
+    wrong-mode file, or a label whose size differs from its image's (as displayed, EXIF
+    orientation applied), fails at setup, not at batch 300; the first label is decoded so
+    that unknown ids in it fail now too (decoding every label would cost minutes on GTA5).
 
     Raises:
+        ImageReadError: a file that cannot be served (see ``io.probe_image``), e.g. an RGB
+            label where one-channel class indices are expected.
         LabelError: a size mismatch or an unknown id, naming the file.
     """
+    sizes = check_images(files.images)
     if files.labels is None:
         return
-    for image, label in zip(files.images, files.labels):
-        with Image.open(image) as a, Image.open(label) as b:
-            if a.size != b.size:
-                raise LabelError(
-                    f"label {str(label)!r} is {b.size[0]}x{b.size[1]} but image "
-                    f"{str(image)!r} is {a.size[0]}x{a.size[1]}; expected equal sizes"
-                )
+    label_sizes = check_images(files.labels, mask=files.mask_labels)
+    for image, size, label, label_size in zip(files.images, sizes, files.labels, label_sizes):
+        if size != label_size:
+            raise LabelError(size_mismatch(label, label_size, image, size))
     files.label(0)

@@ -62,8 +62,8 @@ compare: install ## side-by-side metrics of finished runs: make compare RUNS="ru
 bench: install ## speed/memory benchmarks (prints figures)
 	$(PY) -m gan_suite.bench
 
-sweep: install ## create a W&B sweep for NAME (needs `wandb login`), then run `wandb agent <id>`
-	$(VENV)/bin/wandb sweep experiments/sweeps/$(NAME).yaml
+sweep: install ## W&B sweep of NAME (experiments/sweeps/NAME.yaml) + an agent here (COUNT=runs; `wandb login` first); DRY_RUN=1: 2 sampled runs, offline
+	$(PY) -m gan_suite.sweep $(if $(DRY_RUN),dry-run,start $(if $(COUNT),--count $(COUNT))) $(NAME)
 
 clean: ## remove caches (never runs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

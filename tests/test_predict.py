@@ -109,6 +109,15 @@ def test_cyclegan_translates_a_folder_with_the_model_in_both_directions(cyclegan
         assert (got - expected).abs().max() <= STEP / 2 + 1e-5  # only the 8-bit rounding
         assert _read(out / "g<&>.png").shape == (3, 40, 40)
 
+    # one image, no --out: a new predict-<time> folder inside the training run
+    args = build_parser().parse_args(
+        ["--ckpt_path", str(cyclegan_ckpt), "--input", str(folder / "rgb.png")]
+    )
+    first, second = run_predict(args), run_predict(args)
+    assert first.parent == second.parent == cyclegan_ckpt.parent.parent
+    assert first.name.startswith("predict-") and first != second
+    assert sorted(p.name for p in first.iterdir()) == ["index.html", "inputs", "rgb.png"]
+
 
 def test_the_command_line_names_the_bad_option(cyclegan_ckpt, tmp_path, capsys):
     from gan_suite.cli import main

@@ -139,6 +139,10 @@ def load_checkpoint(ckpt_path: str | Path, device: str | torch.device = "cpu") -
             f"model.class_path does not exist; expected {EXPECTED_CKPT}"
         )
     init_args = {k: v for k, v in hparams.items() if not k.startswith("_")} or cfg_args
+    if init_args.get("pretrained_backbone"):
+        # BDL's ImageNet initialisation of M: the checkpoint's weights replace it, so the file
+        # need not exist on the machine that predicts
+        init_args["pretrained_backbone"] = None
     cls = import_class(class_path, f"--ckpt_path {path}")
     try:
         model = cls(**init_args)

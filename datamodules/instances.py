@@ -34,7 +34,8 @@ class NeighbourhoodDataset(Dataset):
     "label": (draws,) int64, "neighbour_index": (draws,) int64}``.
 
     Raises:
-        ValueError: ``features`` or ``neighbours`` do not have one row per item of ``base``.
+        ValueError: ``features`` or ``neighbours`` do not have one row per item of ``base``,
+            or a neighbour index is outside ``base``.
     """
 
     def __init__(self, base: Dataset, features: Tensor, neighbours: Tensor, draws: int = 1):
@@ -43,6 +44,17 @@ class NeighbourhoodDataset(Dataset):
                 f"instance neighbourhoods: {len(features)} feature rows and {len(neighbours)} "
                 f"neighbourhoods for {len(base)} training items; they must agree (a stale "
                 "feature cache? delete it)"
+            )
+        if neighbours.ndim != 2 or neighbours.shape[1] == 0:
+            raise ValueError(
+                f"instance neighbourhoods: expected (N, k) neighbour indices with k >= 1, got "
+                f"shape {tuple(neighbours.shape)}"
+            )
+        if len(neighbours) and (int(neighbours.min()) < 0 or int(neighbours.max()) >= len(base)):
+            raise ValueError(
+                f"instance neighbourhoods: neighbour indices span {int(neighbours.min())}.."
+                f"{int(neighbours.max())} but there are {len(base)} training items; expected "
+                f"indices in 0..{len(base) - 1} (a stale feature cache? delete it)"
             )
         self.base, self.features, self.neighbours = base, features.cpu(), neighbours.cpu()
         self.draws = draws

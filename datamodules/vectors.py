@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .io import DatasetLayoutError
+from .io import DatasetLayoutError, read_text, require_dir
 
 VECTOR_LAYOUT = (
     "expected <root>/train_features.npy (N, F) and <root>/train_word_vectors.npy (N, W) (one "
@@ -32,12 +32,34 @@ VECTOR_LAYOUT = (
 )
 
 
-def _load_array(path: Path, ndim: int) -> np.ndarray:
+def _load_array(path: Path, ndim: int, numeric: bool = True) -> np.ndarray:
+    """Load ``path`` as an ``ndim``-dimensional array (numeric: finite floats or integers).
+
+    Raises:
+        DatasetLayoutError: The file is missing.
+        ValueError: Not a ``.npy`` array, a pickled object array, the wrong number of
+            dimensions, no rows, or NaN/inf values; names the file and what was expected.
+    """
     if not path.is_file():
         raise DatasetLayoutError(f"{str(path)!r} not found; {VECTOR_LAYOUT}")
-    array = np.load(path, allow_pickle=False)
-    if array.ndim != ndim:
-        raise ValueError(f"{str(path)!r}: expected {ndim} dimensions, got shape {array.shape}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(
+            f"cannot read {str(path)!r} as a .npy array ({err}); expected a numeric array "
+            "written by numpy.save (no pickled objects)"
+        ) from err
+    if array.ndim != ndim or len(array) == 0:
+        raise ValueError(
+            f"{str(path)!r}: expected {ndim} dimensions with at least one row, got shape "
+            f"{array.shape}"
+        )
+    if numeric:
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"{str(path)!r}: expected numbers, got dtype {array.dtype}")
+        if not np.isfinite(array).all():
+            row = int(np.flatnonzero(~np.isfinite(array).reshape(len(array), -1).all(1))[0])
+            raise ValueError(f"{str(path)!r}: row {row} holds NaN or inf; expected finite values")
     return array
 
 
@@ -88,9 +110,10 @@ class VectorDataModule(L.LightningDataModule):
         vectors = _load_array(self.root / "word_vectors.npy", 2)
         txt, npy = self.root / "words.txt", self.root / "vocab.npy"
         if txt.is_file():
-            words = [w.strip() for w in txt.read_text(encoding="utf-8").splitlines() if w.strip()]
+            text = read_text(txt, "the vocabulary's words, one per line")
+            words = [w.strip() for w in text.splitlines() if w.strip()]
         elif npy.is_file():
-            words = [str(w) for w in np.load(npy, allow_pickle=False)]
+            words = [str(w) for w in _load_array(npy, 1, numeric=False)]
         else:
             raise DatasetLayoutError(f"no {str(txt)!r} or {str(npy)!r}; {VECTOR_LAYOUT}")
         if len(words) != len(vectors):
@@ -103,6 +126,7 @@ class VectorDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        require_dir(self.root, VECTOR_LAYOUT)
         self._read_vocab()
         splits = {name: self._read_split(name) for name in ("train", "val", "test")}
         if splits["val"] is None:

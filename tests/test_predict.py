@@ -126,6 +126,10 @@ def test_the_command_line_names_the_bad_option(cyclegan_ckpt, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.md").write_text("no images here")
+    broken, out = tmp_path / "broken", tmp_path / "out"
+    broken.mkdir()
+    (broken / "a.png").write_bytes((folder / "rgb.png").read_bytes())
+    (broken / "cut.png").write_bytes((folder / "rgb.png").read_bytes()[:200])  # truncated
     cases = [
         (["--ckpt_path", str(tmp_path / "none.ckpt"), "--input", str(folder)],
          "--ckpt_path .*none.ckpt does not exist"),
@@ -139,6 +143,8 @@ def test_the_command_line_names_the_bad_option(cyclegan_ckpt, tmp_path, capsys):
          "--direction segment: CycleGAN has no segmentation model"),
         (["--ckpt_path", str(cyclegan_ckpt), "--input", str(folder), "--out", str(folder)],
          "--out .*inputs already exists"),
+        (["--ckpt_path", str(cyclegan_ckpt), "--input", str(broken), "--out", str(out)],
+         "cannot read image .*broken.*cut.png"),
     ]  # fmt: skip
     import re
 
@@ -148,6 +154,7 @@ def test_the_command_line_names_the_bad_option(cyclegan_ckpt, tmp_path, capsys):
         assert exit_info.value.code == 2
         assert re.search(message, capsys.readouterr().err), message
     assert sorted(p.name for p in folder.iterdir()) == ["g<&>.jpg", "notes.txt", "rgb.png"]
+    assert not out.exists()  # the broken image stopped predict before it wrote anything
     # `gan-suite predict` is this command, not LightningCLI's predict subcommand
     with pytest.raises(SystemExit):
         main(["predict", "--help"])

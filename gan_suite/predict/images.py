@@ -26,24 +26,35 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from datamodules.io import IMAGE_EXTENSIONS, DatasetLayoutError, list_images, read_rgb
+from datamodules.io import (
+    IMAGE_EXTENSIONS,
+    DatasetLayoutError,
+    check_images,
+    is_system_entry,
+    list_images,
+    read_rgb,
+)
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
 
 
 def collect_inputs(source: str | Path) -> tuple[list[Path], list[Path]]:
     """The images of ``--input`` (a folder, not recursive, or one image file), sorted by name,
-    and the other files of the folder, which predict skips.
+    and the other files of the folder, which predict skips (hidden and system files are not
+    listed). Every image's header is checked first, so a broken file stops predict before it
+    writes anything.
 
     Raises:
         FileNotFoundError: ``source`` does not exist, or a folder holds no image.
         ValueError: a single file whose extension is not an image's.
+        ImageReadError: an image that cannot be read or is truncated (names the file).
     """
     path = Path(source)
     exts = ", ".join(sorted(IMAGE_EXTENSIONS))
     if path.is_file():
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"--input {path} is not an image file; expected one of {exts}")
+        check_images([path])
         return [path], []
     if not path.exists():
         raise FileNotFoundError(
@@ -53,7 +64,11 @@ def collect_inputs(source: str | Path) -> tuple[list[Path], list[Path]]:
         images = list_images(path, f"--input expects a folder of images ({exts})")
     except DatasetLayoutError as err:
         raise FileNotFoundError(f"--input {path}: {err}") from err
-    skipped = sorted(p for p in path.iterdir() if p.is_file() and p not in set(images))
+    check_images(images)
+    listed = set(images)
+    skipped = sorted(
+        p for p in path.iterdir() if p.is_file() and p not in listed and not is_system_entry(p)
+    )
     return images, skipped
 
 

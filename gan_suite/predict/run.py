@@ -278,6 +278,10 @@ def run_predict(args: argparse.Namespace) -> Path:
     task = make_task(run.model, args.direction, args.attributes, args.n_samples, args.labels)
     check_size(run, args.size, args.direction)
     inputs, skipped = [], []
+    if not task.needs_inputs and args.input is not None:
+        raise ValueError(
+            f"--input: {type(run.model).__name__} generates from --labels, not from images"
+        )
     if task.needs_inputs:
         if args.input is None:
             raise ValueError("--input is required: a folder of images or one image")

@@ -242,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='StarGAN/MatchGAN targets, e.g. "Black_Hair=1,Male=0" '
         "(default: one output per attribute, each changed)",
     )
-    p.add_argument("--n_samples", type=int, default=4, help="IC-GAN/cGAN: samples per input")
+    p.add_argument(
+        "--n_samples",
+        type=int,
+        default=4,
+        help="samples per input image (IC-GAN) or per label (cGAN); default 4",
+    )
     p.add_argument(
         "--labels",
         help="cGAN: class indices to sample, e.g. 0,1,2; "

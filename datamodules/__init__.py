@@ -9,6 +9,12 @@
 - ``SegmentationDataModule``: labelled source + unlabelled target for BDL (GTA5, SYNTHIA,
   Cityscapes, or the embedded shapes and digits with masks).
 
+Bad input (``io.py``): listing skips system files (``._*``, ``.DS_Store``, ``Thumbs.db``,
+``__MACOSX``); images and masks are decoded with their EXIF orientation applied; every
+module opens each file's header at ``setup()``, so a broken file, a wrong mode or a label of
+the wrong size fails there, naming the file (``DatasetLayoutError``, ``ImageReadError``,
+``AnnotationError``, ``LabelError``), before any training.
+
 Batch keys of the two-domain modules: ``A``, ``B`` (float ``(N, 3, H, W)`` in [-1, 1]),
 ``A_path``, ``B_path`` (str), and when the data provides them ``A_mask``, ``B_mask``
 (int64 ``(N, H, W)`` semantic masks) and ``A_label``, ``B_label`` (int64 ``(N,)``).

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset, Subset
 
 from .base import SplitLoaders
 from .catalog import check_embedded, embedded_dataset, materialize_embedded
-from .io import IMAGE_EXTENSIONS, DatasetLayoutError, option, read_mask, read_rgb
+from .io import DatasetLayoutError, is_image_file, option, read_mask, read_rgb
 from .segmentation_layouts import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_TRAIN_IDS,
@@ -337,11 +337,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
     @staticmethod
     def _complete(folder: str | os.PathLike, files: LabelledFiles) -> Path:
         folder = Path(folder)
-        have = (
-            {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-            if folder.is_dir()
-            else set()
-        )
+        have = {p.stem for p in folder.iterdir() if is_image_file(p)} if folder.is_dir() else set()
         missing = [p.stem for p in files.images if p.stem not in have]
         if missing:
             raise DatasetLayoutError(

@@ -304,7 +304,11 @@ class LabelledTransform:
                 "(StarGAN's CelebA: 178 of 178x218)"
             )
         targets = {"image": image} if mask is None else {"image": image, "mask": mask}
-        out = apply(self.pipeline, draw_seed(), **targets)
+        # a deterministic pipeline draws nothing from the global stream: LabelledDataset then
+        # serves cached items without a draw, and the stream must not depend on the cache
+        # (a resumed run starts with an empty one)
+        seed = 0 if self.deterministic else draw_seed()
+        out = apply(self.pipeline, seed, **targets)
         tensor = out["image"]  # (3, H, W) in [-1, 1]
         if self.channels == 1:
             tensor = (tensor * _LUMA).sum(dim=0, keepdim=True)

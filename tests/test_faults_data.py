@@ -802,3 +802,23 @@ def test_labelled_list_and_vocabulary_with_bom_and_crlf(tmp_path: Path) -> None:
     dm = VectorDataModule(str(root))
     dm.setup("fit")
     assert dm.words == ["cat", "dog", "sky"]
+
+
+def test_setup_check_opens_a_file_once_until_it_changes(tmp_path: Path, monkeypatch) -> None:
+    """Repeated setups (fit, then test) do not re-open unchanged files; a file changed after
+    its check is checked again, so a file broken later is still caught."""
+    import datamodules.io as io
+
+    paths = [png(tmp_path / f"{i}.png", pattern(i)) for i in range(3)]
+    assert io.check_images(paths) == [(16, 16)] * 3
+    opened: list[Path] = []
+    real_probe = io.probe_image
+    monkeypatch.setattr(
+        io, "probe_image", lambda p, mask=False: opened.append(p) or real_probe(p, mask)
+    )
+    assert io.check_images(paths) == [(16, 16)] * 3
+    assert opened == []
+    corrupt(paths[1], keep=0.5)
+    with pytest.raises(ImageReadError, match=r"1\.png"):
+        io.check_images(paths)
+    assert opened == [paths[1]]

@@ -179,7 +179,8 @@ def test_sigterm_saves_a_resumable_last_ckpt_and_exits_143(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == SIGTERM_EXIT_CODE, stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
-    assert f"to {last.relative_to(tmp_path)}" in stderr and "--ckpt_path" in stderr
+    assert f"to {last}; resume with: gan-suite fit --config" in stderr, stderr[-2000:]
+    assert f"--ckpt_path {last}" in stderr and "--run_id" not in stderr.splitlines()[-1]
     state = torch.load(last, map_location="cpu", weights_only=False)
     epoch = state["epoch"]
     assert epoch >= 3
@@ -188,15 +189,65 @@ def test_sigterm_saves_a_resumable_last_ckpt_and_exits_143(tmp_path):
     assert int(state["state_dict"]["iteration"]) == batches_done >= 3 * 3
 
     # resume through the CLI: it runs on from that epoch to the end (max_epochs = epoch + 2)
-    resumed = _cli([*config, *tiny, f"--trainer.max_epochs={epoch + 2}", "--run_id=b",
+    resumed = _cli([*config, *tiny, f"--trainer.max_epochs={epoch + 2}",
                     "--ckpt_path", str(last)], tmp_path,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    _, stderr = resumed.communicate(timeout=180)
+    stdout, stderr = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, stderr[-3000:]
-    final = torch.load(
-        tmp_path / "runs" / "cyclegan" / "b" / "checkpoints" / "last.ckpt",
-        map_location="cpu",
-        weights_only=False,
-    )
+    run_dir = stdout.split("[gan-suite] run directory: ")[1].splitlines()[0]
+    final = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     # every batch of every epoch ran once: the killed epoch's remaining batches, then the rest
     assert int(final["state_dict"]["iteration"]) == 3 * (epoch + 2)
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def _callback_names(path: Path) -> list[str]:
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    return [(c["class_path"] if isinstance(c, dict) else c).rsplit(".", 1)[-1] for c in callbacks]
+
+
+def test_every_config_with_a_model_checkpoint_lists_run_safety_after_it():
+    # a later --config replaces the whole callbacks list, so every file that has one counts
+    checked = 0
+    for path in sorted(EXPERIMENTS.rglob("*.yaml")):
+        names = _callback_names(path)
+        if "ModelCheckpoint" in names:
+            assert "RunSafety" in names, f"{path}: no gan_suite.callbacks.RunSafety"
+            assert names.index("RunSafety") > names.index("ModelCheckpoint"), path
+            checked += 1
+    assert checked >= 9  # the papers' YAMLs at least
+
+
+def test_run_safety_before_model_checkpoint_is_refused(make_trainer, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    trainer = make_trainer(
+        enable_checkpointing=True, callbacks=[RunSafety(), ModelCheckpoint(tmp_path)]
+    )
+    with pytest.raises(ValueError, match="list gan_suite.callbacks.RunSafety after"):
+        trainer.fit(_tiny_model(()), train_dataloaders=_loader(1))
+
+
+def test_timed_last_ckpt_mid_epoch_resumes_with_the_remaining_batches(make_trainer, tmp_path):
+    # every_n_minutes tiny: a save at the start of every batch but the first
+    safety = RunSafety(every_n_epochs=0, every_n_minutes=1e-9)
+    trainer = make_trainer(max_epochs=1, enable_checkpointing=True, limit_val_batches=0,
+                           callbacks=[safety], default_root_dir=tmp_path / "run")  # fmt: skip
+    trainer.fit(_tiny_model(()), train_dataloaders=_loader(4))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    # written at the start of the 4th batch: 3 batches done, the counters agree
+    done = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+    assert int(state["state_dict"]["iteration"]) == done == 3
+
+    resumed = _tiny_model(())
+    trainer = make_trainer(max_epochs=1, limit_val_batches=0, enable_checkpointing=True,
+                           callbacks=[RunSafety(every_n_epochs=0, every_n_minutes=None)],
+                           default_root_dir=tmp_path / "resumed")  # fmt: skip
+    trainer.fit(resumed, train_dataloaders=_loader(4), ckpt_path=last)
+    assert int(resumed.iteration) == 4  # only the 4th batch ran

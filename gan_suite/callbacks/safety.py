@@ -228,10 +228,14 @@ class RunSafety(Checkpoint):
         self.skipped_nonfinite = int(state_dict.get("skipped_nonfinite", 0))
 
 
+# options that pick the checkpoint or the run directory: the resume command sets its own
+_RUN_OPTIONS = ("--ckpt_path", "--run_id", "--resume")
+
+
 def resume_command(trainer: L.Trainer, ckpt: Path) -> str:
     """The command that resumes this run from ``ckpt``: the ``gan-suite fit`` command line
-    of this process with ``--ckpt_path`` (and without ``--run_id``, since a run directory is
-    never reused); else a ``fit`` on the run directory's resolved ``config.yaml``."""
+    of this process with ``--ckpt_path`` (its own ``--ckpt_path``, ``--run_id`` and ``--resume``
+    dropped); else a ``fit`` on the run directory's resolved ``config.yaml``."""
     argv = list(sys.argv[1:])
     if "fit" not in argv:
         config = Path(trainer.default_root_dir) / "config.yaml"
@@ -242,10 +246,10 @@ def resume_command(trainer: L.Trainer, ckpt: Path) -> str:
         if skip_next:
             skip_next = False
             continue
-        if arg in ("--ckpt_path", "--run_id"):
+        if arg in _RUN_OPTIONS:
             skip_next = True
             continue
-        if arg.startswith(("--ckpt_path=", "--run_id=")):
+        if arg.startswith(tuple(f"{o}=" for o in _RUN_OPTIONS)):
             continue
         kept.append(arg)
     return shlex.join(["gan-suite", *kept, "--ckpt_path", str(ckpt)])

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -492,6 +493,26 @@ def _(t):
 @fault("segmentation/synthia-missing-root", DatasetLayoutError, "does not exist; expected SYNTHIA")
 def _(t):
     return segmentation("synthia", t / "s", "cityscapes", cityscapes(t / "c")), str(t / "s")
+
+
+@fault("segmentation/cityscapes-unknown-val-id", LabelError, r"ids \[50\] that Cityscapes")
+def _(t):
+    c = cityscapes(t / "c")
+    label = c / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+    png(label, np.full((16, 16), 50, np.uint8))
+    return segmentation("gta5", gta5(t / "g"), "cityscapes", c), str(label)
+
+
+@fault("segmentation/synthia-truncated-label", ImageReadError, "cannot read image")
+def _(t):
+    s = t / "s"
+    png(s / "RGB" / "0000000.png", pattern(0, 8, 8))
+    (s / "GT" / "LABELS").mkdir(parents=True)
+    ids = np.zeros((8, 8, 3), np.uint16)
+    ids[..., 2] = 3  # road in the red channel (OpenCV's BGR index 2)
+    cv2.imwrite(str(s / "GT" / "LABELS" / "0000000.png"), ids)
+    label = corrupt(s / "GT" / "LABELS" / "0000000.png", keep=0.6)
+    return segmentation("synthia", s, "cityscapes", cityscapes(t / "c")), str(label)
 
 
 @fault("segmentation/size-not-height-width", ValueError, r"expected \[height, width\]")

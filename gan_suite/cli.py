@@ -180,6 +180,10 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GanSuiteCLI:
         auto_configure_optimizers=False,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_callback=SaveConfigToRunDir,
+        # checkpoints written to <path>.tmp, fsynced, then renamed: a killed run keeps its
+        # previous last.ckpt loadable. A class_path (not an instance) so that config.yaml
+        # records it; `--trainer.plugins+=X` adds a plugin, `--trainer.plugins=[...]` replaces it
+        trainer_defaults={"plugins": [{"class_path": "gan_suite.utils.AtomicCheckpointIO"}]},
         args=args,
         run=run,
     )

@@ -114,3 +114,111 @@ def test_resume_repeats_the_uninterrupted_run_exactly(paper, make_trainer, tmp_p
     assert straight.weights.keys() == resumed.weights.keys()
     differ = [k for k, v in straight.weights.items() if not torch.equal(v, resumed.weights[k])]
     assert not differ, f"final weights differ: {differ[:5]}"
+
+
+# ---------------------------------------------------------------------------- atomic saves
+# A child process trains cGAN with AtomicCheckpointIO; its 2nd save of last.ckpt writes half
+# the file, says so, and sleeps until the test SIGKILLs it.
+KILLED_DURING_SAVE = """
+import os, sys, io, time, torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from test_registry import Case, build
+from gan_suite.utils import AtomicCheckpointIO, quiet
+import lightning as L
+
+ckpt_dir, marker = sys.argv[1], sys.argv[2]
+real_save, last_saves = torch.save, []
+
+def half_then_hang(obj, f, *args, **kwargs):
+    last_saves.extend([1] if str(getattr(f, "name", "")).endswith("last.ckpt.tmp") else [])
+    if len(last_saves) < 2:
+        return real_save(obj, f, *args, **kwargs)
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    f.flush()
+    open(marker, "w").close()
+    time.sleep(120)
+
+torch.save = half_then_hang
+L.seed_everything(0, verbose=False)
+model, data, _ = build(Case("cgan"))
+every_epoch = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=-1)
+with quiet("lightning.pytorch", "lightning.fabric"):
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, max_epochs=3,
+                        limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[every_epoch], plugins=[AtomicCheckpointIO()])
+trainer.fit(model, datamodule=data)
+"""
+
+
+def test_sigkill_while_saving_leaves_the_previous_checkpoint_resumable(tmp_path, make_trainer):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gan_suite.utils import AtomicCheckpointIO
+
+    tests = Path(__file__).resolve().parent
+    script, ckpt_dir, marker = tmp_path / "child.py", tmp_path / "checkpoints", tmp_path / "half"
+    script.write_text(KILLED_DURING_SAVE)
+    pythonpath = os.pathsep.join([str(tests.parent), str(tests)])
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, str(script), str(ckpt_dir), str(marker)], env=env,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            ended = child.poll() is not None
+            assert not ended, f"the child ended before its 2nd save: {child.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "the child never reached its 2nd save"
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+
+    last, tmp = ckpt_dir / "last.ckpt", ckpt_dir / "last.ckpt.tmp"
+    # the kill came mid-write: half a file under the temporary name, which does not load ...
+    assert tmp.is_file() and tmp.stat().st_size > 0
+    with pytest.raises(Exception):  # noqa: B017 - torch raises several kinds for a truncated zip
+        torch.load(tmp, weights_only=False)
+    # ... and the previous checkpoint, complete: the first epoch's
+    saved = torch.load(last, weights_only=False)
+    assert saved["epoch"] == 0 and int(saved["state_dict"]["iteration"]) == 2
+
+    # `ckpt_path="last"` (what a resume command passes) finds last.ckpt, not the .tmp
+    model, data, _ = build(Case("cgan"))
+    trainer = make_trainer(
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=-1)],
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.fit(model, datamodule=data, ckpt_path="last")
+    assert trainer.ckpt_path == str(last)
+    assert trainer.current_epoch == 3 and int(model.iteration) == 6  # 2 more epochs of 2
+    assert torch.load(last, weights_only=False)["epoch"] == 2
+    assert not tmp.exists(), "the next save of last.ckpt replaces the stale temporary file"
+
+
+def test_a_failed_save_keeps_the_previous_file_and_removes_the_temporary(tmp_path):
+    from gan_suite.utils import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    class DiskFull:  # fails while torch.save is writing, as a full disk does
+        def __reduce__(self):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(3), "x": DiskFull()}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]

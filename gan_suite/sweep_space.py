@@ -121,7 +121,7 @@ def candidate_values(
     rng: random.Random | None = None,
 ) -> list:
     """The values an offline check parses for ``spec``: every listed value, else a
-    distribution's two ends and (with ``rng``) two samples.
+    distribution's two ends and (with ``rng``) a sample.
 
     Raises:
         SweepError: a bad spec, or a distribution W&B's grid search cannot enumerate."""
@@ -140,7 +140,7 @@ def candidate_values(
         ends = [_quantize(kind, spec, math.exp(spec[b])) for b in ("min", "max")]
     else:
         ends = [_quantize(kind, spec, spec[b]) for b in ("min", "max")]
-    samples = [sample_value(key, spec, rng, where) for _ in range(2)] if rng else []
+    samples = [sample_value(key, spec, rng, where)] if rng else []
     return ends + samples
 
 

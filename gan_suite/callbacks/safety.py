@@ -188,6 +188,15 @@ class RunSafety(Checkpoint):
             self._on_nonfinite(trainer, pl_module, exception)
 
     def _on_sigterm(self, trainer: L.Trainer, exception: SIGTERMException) -> None:
+        # SIGTERMException is a SystemExit with code None (= exit 0): a scheduler or a shell
+        # script must see that the run did not finish
+        exception.code = self.exit_code
+        if trainer.sanity_checking:
+            # nothing trained since the start (or the restored checkpoint): keep what is on disk
+            if trainer.is_global_zero:
+                print("[gan-suite] SIGTERM before training started: no checkpoint written",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            return
         path = self._save_last(trainer)
         if trainer.is_global_zero:
             print(
@@ -197,9 +206,6 @@ class RunSafety(Checkpoint):
                 file=sys.stderr,
                 flush=True,
             )
-        # SIGTERMException is a SystemExit with code None (= exit 0): a scheduler or a shell
-        # script must see that the run did not finish
-        exception.code = self.exit_code
 
     def _on_nonfinite(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: FloatingPointError

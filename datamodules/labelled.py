@@ -326,7 +326,7 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         """Build the datasets of ``stage``; a bad layout raises here, naming the path."""
         data = self.data
         if stage in (None, "fit"):
-            self.labelled = self._labelled_subset()
+            self.labelled = self._labelled_mask = self._labelled_subset()
             self._warn_if_inflated(self.labelled)
             if self.batch_composition == "matched":
                 strata_ids = strata(data.train.labels)
@@ -386,6 +386,44 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             # the workers' base seed from the checkpointed generator, not the global stream
             generator=self.train_generator(),
         )
+
+    # ---------------------------------------------------------------- checkpoint state
+    _labelled_mask: np.ndarray | None = None  # the split drawn at setup, over data.train
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint state: the training generator and, for a partly labelled run, the
+        names of the labelled training examples (MatchGAN's split)."""
+        state = super().state_dict()
+        mask = self._labelled_mask
+        if mask is not None and not mask.all():
+            state["labelled_keys"] = self._keys_where(mask)
+        return state
+
+    def _keys_where(self, mask: np.ndarray) -> list[str]:
+        keys = self.data.train.keys
+        return [keys[i] if keys is not None else str(i) for i in np.flatnonzero(mask)]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` after ``setup`` drew the split (Lightning's order).
+
+        Raises:
+            ValueError: the split drawn now is not the checkpoint's (other data, options or
+                labelled list): the resumed run would train on other labels.
+        """
+        super().load_state_dict(state_dict)
+        saved, mask = state_dict.get("labelled_keys"), self._labelled_mask
+        if saved is None or mask is None:
+            return
+        drawn = self._keys_where(mask)
+        if drawn != list(saved):
+            raise ValueError(
+                f"the checkpoint was trained with {len(saved)} labelled examples, but this "
+                f"run's data and options (labelled_fraction={self.labelled_fraction}, "
+                f"labelled_list={self.labelled_list}, seed={self.seed}) give {len(drawn)} "
+                f"others ({len(set(drawn) ^ set(saved))} differ): resume with "
+                "--data.init_args.labelled_list <run dir>/labelled_list.txt of the checkpoint's "
+                "run"
+            )
 
     # ---------------------------------------------------------------- the labelled subset
     def _labelled_subset(self) -> np.ndarray:

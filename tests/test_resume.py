@@ -222,3 +222,20 @@ def test_a_failed_save_keeps_the_previous_file_and_removes_the_temporary(tmp_pat
         io.save_checkpoint({"epoch": 2, "w": torch.zeros(3), "x": DiskFull()}, path)
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_the_labelled_split_is_in_the_checkpoint_and_a_different_one_is_refused():
+    from test_registry import TINY, _config, _instantiate
+
+    def matchgan_data(**overrides):
+        data = _instantiate(_config("matchgan")["data"], {**TINY["matchgan"].data, **overrides})
+        data.setup("fit")
+        return data
+
+    data = matchgan_data()
+    state = data.state_dict()
+    labelled = data._labelled_mask
+    assert 0 < len(state["labelled_keys"]) == labelled.sum() < len(labelled)
+    matchgan_data().load_state_dict(state)  # the same options draw the same split
+    with pytest.raises(ValueError, match="labelled examples.*labelled_list"):
+        matchgan_data(seed=1).load_state_dict(state)

@@ -105,10 +105,12 @@ TINY = {
         "--model.init_args.n_blocks=1",
         "--model.init_args.ndf=4",
         "--model.init_args.d_out_ndf=4",
-        "--data.init_args.embedded={n_train: 8, n_test: 4, image_size: 32}",
+        # one batch an epoch, one epoch a stage: 4 steps of M0, F, M, SSL at K = N = 1
+        "--data.init_args.embedded={n_train: 4, n_test: 2, image_size: 32}",
         "--data.init_args.source_size=[32, 32]",
         "--data.init_args.target_size=[32, 32]",
-        "--data.init_args.batch_size=2",
+        "--data.init_args.batch_size=4",
+        "--trainer.limit_val_batches=0",  # as the preset: the schedule measures mIoU
         "--data.init_args.num_workers=0",
         "--trainer.callbacks.BDLSchedule.m0_epochs=1",
         "--trainer.callbacks.BDLSchedule.m_epochs=1",
@@ -277,7 +279,7 @@ def test_sweep_metric_is_logged_by_a_tiny_run_of_the_sweep(paper, tmp_path, requ
     # the first value of each parameter (BDL: the shortest loop, K = N = 1)
     values = {k: candidate_values(k, spec)[0] for k, spec in config["parameters"].items()}
     runs = f"--runs_root={tmp_path / 'runs'}"
-    run_main([*_base(config), *_tiny(paper, tmp_path), *BUDGET, *format_args(values), runs,
+    run_main([*_base(config), *BUDGET, *_tiny(paper, tmp_path), *format_args(values), runs,
               "--run_id=tiny"])  # fmt: skip
     rows = list(csv.DictReader(open(tmp_path / "runs" / f"{paper}-sweep" / "tiny" / "metrics.csv")))
     metric = config["metric"]["name"]

@@ -239,3 +239,44 @@ def test_the_labelled_split_is_in_the_checkpoint_and_a_different_one_is_refused(
     matchgan_data().load_state_dict(state)  # the same options draw the same split
     with pytest.raises(ValueError, match="labelled examples.*labelled_list"):
         matchgan_data(seed=1).load_state_dict(state)
+
+
+def test_rng_states_round_trip_through_a_checkpoint_and_other_world_sizes_warn():
+    import random
+
+    import numpy as np
+    from test_registry import TINY
+
+    from gan_suite.models.base import RNG_STATES_KEY
+    from gan_suite.models.cgan import CGAN
+
+    model = CGAN(**TINY["cgan"].model)
+    torch.manual_seed(5)
+    checkpoint: dict = {}
+    model.on_save_checkpoint(checkpoint)
+    want = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    saved = torch.load(_bytes(checkpoint), weights_only=True)  # loads without pickled objects
+    assert len(saved[RNG_STATES_KEY]) == 1  # one process
+
+    L.seed_everything(99, verbose=False)
+    model.on_load_checkpoint(saved)
+    assert torch.rand(1).item() != want[0][0].item(), "restored at train start, not at load"
+    model.on_train_start()
+    got = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
+
+    # a checkpoint of 2 processes resumed by 1: rank 0 continues rank 0's streams, with a warning
+    two = {**saved, RNG_STATES_KEY: saved[RNG_STATES_KEY] * 2}
+    with pytest.warns(UserWarning, match="RNG states of 2 process"):
+        model.on_load_checkpoint(two)
+    model.on_train_start()
+    assert torch.equal(torch.rand(4), want[0])
+
+
+def _bytes(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer

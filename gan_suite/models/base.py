@@ -152,15 +152,17 @@ class GANModule(L.LightningModule):
         if not states:
             self._rng_states_to_restore = None
             return
-        rank = self.global_rank if self._trainer is not None else 0
-        if len(states) == (self.trainer.world_size if self._trainer is not None else 1):
+        rank, world_size = 0, 1
+        if self._trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        if len(states) == world_size:
             self._rng_states_to_restore = states[rank]
             return
         # another number of processes than the run that saved: each rank continues rank 0's
         # streams, offset by its rank as setup() does, so that ranks still draw apart
         warnings.warn(
             f"checkpoint holds RNG states of {len(states)} process(es), this run has "
-            f"{self.trainer.world_size}: rank {rank} continues rank 0's streams offset by its "
+            f"{world_size}: rank {rank} continues rank 0's streams offset by its "
             "rank, so the resumed run does not repeat the uninterrupted one exactly",
             stacklevel=2,
         )

@@ -88,10 +88,18 @@ def load_sweep(name: str) -> tuple[dict, Path]:
     return config, path
 
 
-def _base_args(config: dict) -> list[str]:
-    """The arguments the command gives ``run`` before W&B's ``${args}``."""
+def _base_args(config: dict, path: Path | str | None = None) -> list[str]:
+    """The arguments the command gives ``run`` before W&B's ``${args}``; with the sweep
+    file's ``path``, its relative ``--config`` files resolved in that repository."""
     command = [str(c) for c in config["command"]]
-    return command[command.index("run") + 1 : command.index("${args}")]
+    args = command[command.index("run") + 1 : command.index("${args}")]
+    if path is None or not Path(path).is_file():
+        return args
+    root = Path(path).resolve().parents[2]  # experiments/sweeps/<name>.yaml
+    return [
+        str(root / a) if prev == "--config" and not Path(a).is_absolute() else a
+        for prev, a in zip(["", *args], args)
+    ]
 
 
 # ----------------------------------------------------------------------------- offline checks
@@ -112,7 +120,7 @@ def check_sweep(config: dict, path: Path | str = "sweep") -> list[tuple[dict[str
     candidates = {
         k: candidate_values(k, s, config["method"], str(path), rng) for k, s in params.items()
     }
-    base = _base_args(config)
+    base = _base_args(config, path)
     checked = []
     for j in range(max(len(v) for v in candidates.values())):
         values = {k: v[j % len(v)] for k, v in candidates.items()}
@@ -262,7 +270,10 @@ def start(
 
     project = project or config.get("project") or "gan-suite"
     entity = entity or config.get("entity")
-    sweep_id = wandb.sweep(config, project=project, entity=entity)
+    try:
+        sweep_id = wandb.sweep(config, project=project, entity=entity)
+    except Exception as err:  # the server's refusal, whatever wandb raises for it
+        raise SweepError(f"W&B did not create the sweep of {path}: {err}") from err
     print(
         f"[gan-suite sweep] sweep {sweep_id} ({path}); more agents: .venv/bin/wandb agent "
         f"{entity + '/' if entity else ''}{project}/{sweep_id}",

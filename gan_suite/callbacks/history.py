@@ -2,6 +2,13 @@
 
 Discriminators are updated on a mix of the latest generated images and older ones, which
 reduces model oscillation. The pools are callback state, so they survive a checkpoint.
+
+A resumed run may differ from the one that wrote the checkpoint. Its configured ``pool_size``
+wins over the checkpoint's (a larger restored pool is cut to it). A restored pool whose images
+have another shape than the new run's fakes (``data.init_args.crop_size`` changed on resume)
+is dropped with a warning at its first use and refills from the new fakes: the pool is a cache
+of past fakes that the paper starts empty, the nets are fully convolutional, and refusing the
+run would leave no way to continue it at the new size short of editing the checkpoint.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 
@@ -32,10 +40,25 @@ class ImagePool:
     def _rand(self) -> float:
         return torch.rand((), generator=self.generator).item()
 
+    def stored_shape(self) -> tuple[int, ...] | None:
+        """(C, H, W) of the stored images, None while the pool is empty."""
+        return tuple(self.images[0].shape) if self.images else None
+
     def query(self, images: Tensor) -> Tensor:
-        """Return a batch of the same shape, drawn from ``images`` and the pool (detached)."""
+        """Return a batch of the same shape, drawn from ``images`` and the pool (detached).
+
+        Raises:
+            ValueError: the stored images have another (C, H, W) than ``images``
+                (:class:`HistoryBuffer` drops such a pool first, with a warning).
+        """
         if self.pool_size == 0:
             return images.detach()
+        stored = self.stored_shape()
+        if stored is not None and stored != tuple(images.shape[1:]):
+            raise ValueError(
+                f"ImagePool holds {stored} images but was given {tuple(images.shape[1:])} "
+                "(C, H, W) images: clear() the pool when the image size changes"
+            )
         out = []
         for image in images.detach():
             if len(self.images) < self.pool_size:
@@ -54,9 +77,15 @@ class ImagePool:
         stacked = torch.stack(self.images) if self.images else torch.empty(0)
         return {"pool_size": self.pool_size, "images": stacked}
 
+    def clear(self) -> None:
+        """Forget every stored image."""
+        self.images = []
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pool_size = int(state["pool_size"])
-        self.images = list(state["images"].unbind(0)) if state["images"].numel() else []
+        """Restore the stored images, keeping this pool's own ``pool_size`` (the resumed run's
+        configuration): a restored pool larger than it is cut to its first ``pool_size``."""
+        images = list(state["images"].unbind(0)) if state["images"].numel() else []
+        self.images = images[: self.pool_size]
 
 
 class HistoryBuffer(L.Callback):
@@ -82,11 +111,41 @@ class HistoryBuffer(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._generator.manual_seed(self.seed + trainer.global_rank)
         pl_module.history = self
+        declared = getattr(trainer.datamodule, "input_sizes", None)
+        self._data_sizes = dict(declared()) if declared is not None else {}
+
+    _data_sizes: dict[str, tuple[int, int]] = {}
 
     def query(self, domain: str, images: Tensor) -> Tensor:
+        """Fakes for D of ``domain`` (``(N, C, H, W)``), drawn from them and the pool.
+
+        A restored pool of another image shape is dropped first, with a warning naming the
+        data option and both sizes (module docstring).
+
+        Raises:
+            KeyError: no pool for ``domain``.
+        """
         if domain not in self.pools:
             raise KeyError(f"no history pool for domain {domain!r}; pools: {sorted(self.pools)}")
-        return self.pools[domain].query(images)
+        pool = self.pools[domain]
+        stored = pool.stored_shape()
+        if stored is not None and stored != tuple(images.shape[1:]):
+            self._drop_stale(domain, stored, tuple(images.shape[1:]))
+        return pool.query(images)
+
+    def _drop_stale(self, domain: str, stored: tuple[int, ...], new: tuple[int, ...]) -> None:
+        options = [k for k, size in self._data_sizes.items() if tuple(size) == new[1:]]
+        option = f"{options[0]}={new[1]}" if options and new[1] == new[2] else None
+        option = option or (f"{options[0]}={list(new[1:])}" if options else "the image size")
+        rank_zero_warn(
+            f"HistoryBuffer: the pool of domain {domain} restored from the checkpoint holds "
+            f"{len(self.pools[domain].images)} images of {stored[1]}x{stored[2]} px "
+            f"({stored[0]} channels), but this run makes {new[1]}x{new[2]} px ({new[0]} "
+            f"channels): {option} differs from the checkpoint's run ({stored[1]}x{stored[2]}). "
+            f"The stale pool is dropped and refills from the new fakes (pool_size="
+            f"{self.pools[domain].pool_size})"
+        )
+        self.pools[domain].clear()
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -47,6 +47,7 @@ from gan_suite.losses import (
     poly_lr_factor,
     segmentation_loss,
 )
+from gan_suite.models.checks import ScheduleHorizon
 from gan_suite.models.cyclegan import CycleGAN
 from gan_suite.models.phases import Phase
 from gan_suite.nets.deeplab import DeepLabV2, OutputDiscriminator, upsample_logits
@@ -189,13 +190,6 @@ class BDL(CycleGAN):
                 f"{n_data} classes ({', '.join(dm.class_names)})"
             )
         self.class_names = getattr(dm, "class_names", None)
-        for field in ("source_size", "target_size"):
-            size = getattr(dm, field, None)
-            if size is not None and min(size) < OutputDiscriminator.min_size:
-                raise ValueError(
-                    f"data.init_args.{field}={list(size)}: BDL's output-space discriminator "
-                    f"(five stride-2 convs) needs at least {OutputDiscriminator.min_size} px"
-                )
         if stage == "fit" and self.hparams.pretrained_backbone is None:
             rank_zero_info(
                 "BDL: M's backbone starts from random initialisation (no pretrained_backbone "
@@ -209,6 +203,32 @@ class BDL(CycleGAN):
             and self.device.type == "cuda"
         ):
             self.M = nn.SyncBatchNorm.convert_sync_batchnorm(self.M)
+
+    def input_size_requirements(self) -> list:
+        """F's nets (CycleGAN's), M and the output-space discriminator, which sees M's
+        softmax upsampled to the image size: source and target images go through all."""
+        return [
+            *super().input_size_requirements(),
+            ("BDL's DeepLab-v2 M", self.M.input_sizes()),
+            ("BDL's output-space discriminator with 5 stride-2 convs", self.D_out.input_sizes()),
+        ]
+
+    def schedule_horizons(self) -> list[ScheduleHorizon]:
+        """With the BDLSchedule callback the learning rates follow each stage and the callback
+        checks ``trainer.max_epochs`` against its plan. Without it the run stays in stage M0,
+        whose poly schedule spans ``stage_epochs`` epochs: a longer run would train M at 0."""
+        callbacks = self.trainer.callbacks if self._trainer is not None else []
+        if any(type(cb).__name__ == "BDLSchedule" for cb in callbacks):
+            return []
+        return [
+            ScheduleHorizon(
+                f"BDL's poly learning-rate schedule of stage {self.stage_name} (no "
+                "gan_suite.callbacks.BDLSchedule in trainer.callbacks to switch stages)",
+                "epoch",
+                self.stage_epochs,
+                "its stage_epochs",
+            )
+        ]
 
     # -- the algorithm ----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:

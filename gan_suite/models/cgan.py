@@ -26,6 +26,8 @@ Multi-GPU:   ... --config experiments/presets/ddp.yaml
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,6 +40,7 @@ from gan_suite.losses import (
     linear_momentum,
 )
 from gan_suite.models.base import GANModule
+from gan_suite.models.checks import ScheduleHorizon
 from gan_suite.models.phases import Phase
 from gan_suite.nets.cgan_nets import (
     ConditionalConvDiscriminator,
@@ -134,6 +137,27 @@ class ConditionalGANBase(GANModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._loss_terms(batch, "test")
+
+    def schedule_horizons(self) -> list[ScheduleHorizon]:
+        """The exponential decay reaches its floor ``min_lr`` after
+        ceil(ln(lr / min_lr) / ln(lr_decay_factor)) iterations (287,829 with the paper's
+        values); the paper trains on at the floor ("down to .000001"), so a longer run is
+        warned about, not refused."""
+        hp = self.hparams
+        if hp.optimizer != "sgd" or hp.lr_decay_factor <= 1 or not 0 < hp.min_lr < hp.lr:
+            return []
+        floor_at = math.ceil(math.log(hp.lr / hp.min_lr) / math.log(hp.lr_decay_factor))
+        return [
+            ScheduleHorizon(
+                f"{type(self).__name__}'s exponential learning-rate decay",
+                "iteration",
+                floor_at,
+                f"model.init_args.lr={hp.lr} / model.init_args.lr_decay_factor="
+                f"{hp.lr_decay_factor}**i down to model.init_args.min_lr={hp.min_lr}",
+                after=f"the floor min_lr={hp.min_lr}",
+                paper_trains_past=True,
+            )
+        ]
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -302,9 +326,19 @@ class CGAN(ConditionalGANBase):
             )
         return self.prepare_images(batch["image"]), self.one_hot(labels)
 
+    def input_size_requirements(self) -> list:
+        """D takes images of exactly image_size (the MLP a fixed vector of C x S x S)."""
+        hp = self.hparams
+        if hp.arch == "mlp":
+            return [("cGAN's MLP discriminator", self.D.input_sizes(hp.channels))]
+        return [("cGAN's conv discriminator", self.D.input_sizes())]
+
     def setup(self, stage: str) -> None:
-        super().setup(stage)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        self._check_data(dm)
+        super().setup(stage)  # after the checks above, whose messages are more specific
+
+    def _check_data(self, dm) -> None:
         if dm is None:
             return
         expected = "unit" if self.hparams.output == "sigmoid" else "tanh"

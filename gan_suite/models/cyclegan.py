@@ -21,6 +21,7 @@ from gan_suite.losses import (
     linear_decay_factor,
 )
 from gan_suite.models.base import TwoDomainTranslator
+from gan_suite.models.checks import ScheduleHorizon
 from gan_suite.models.phases import Phase
 from gan_suite.nets import PatchDiscriminator, ResnetGenerator, init_weights
 
@@ -179,6 +180,33 @@ class CycleGAN(TwoDomainTranslator):
             [*self.D_A.parameters(), *self.D_B.parameters()], lr=hp.lr, betas=tuple(hp.betas)
         )
         return opt_g, opt_d
+
+    def input_size_requirements(self) -> list:
+        """The ResNet generators and the PatchGANs see every training and evaluation image."""
+        hp = self.hparams
+        return [
+            (
+                f"{type(self).__name__}'s ResNet generators with 2 stride-2 convs",
+                self.G_AB.input_sizes(),
+            ),
+            (
+                f"{type(self).__name__}'s PatchGANs with n_layers_d={hp.n_layers_d}",
+                self.D_A.input_sizes(),
+            ),
+        ]
+
+    def schedule_horizons(self) -> list[ScheduleHorizon]:
+        """The linear decay reaches 0 after ``n_epochs_constant + n_epochs_decay`` epochs."""
+        hp = self.hparams
+        return [
+            ScheduleHorizon(
+                f"{type(self).__name__}'s linear learning-rate decay",
+                "epoch",
+                hp.n_epochs_constant + hp.n_epochs_decay,
+                f"model.init_args.n_epochs_constant={hp.n_epochs_constant} + "
+                f"model.init_args.n_epochs_decay={hp.n_epochs_decay}",
+            )
+        ]
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -222,6 +222,16 @@ class DiscoGAN(TwoDomainTranslator):
     def _eval_terms(self, real_A: Tensor, real_B: Tensor, out: dict) -> dict[str, Tensor]:
         return self._recon_terms(real_A, real_B, out)
 
+    def input_size_requirements(self) -> list:
+        """The encoder-decoder generators and the DCGAN discriminators (built for 64 px)."""
+        return [
+            ("DiscoGAN's encoder-decoder generators", self.G_AB.input_sizes()),
+            (
+                "DiscoGAN's discriminators with 4 stride-2 convs and a 4x4 head",
+                self.D_A.input_sizes(),
+            ),
+        ]
+
     def configure_optimizers(self):
         hp = self.hparams
 

@@ -329,6 +329,16 @@ class ICGAN(GANModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """Nothing per batch: the Evaluation callback runs its own loop."""
 
+    def input_size_requirements(self) -> list:
+        """G generates image_size px; D compares the real images with them."""
+        return [
+            (
+                f"IC-GAN's generator built for image_size={self.hparams.image_size}",
+                self.G.input_sizes(),
+            ),
+            ("IC-GAN's discriminator", self.D.input_sizes()),
+        ]
+
     def configure_optimizers(self):
         hp = self.hparams
         opt_g = torch.optim.Adam(self.G.parameters(), hp.g_lr, tuple(hp.betas), hp.adam_eps)

@@ -291,6 +291,15 @@ class OPGAN(CycleGAN):
         if "opgan_pair_generator" in checkpoint:
             self.pair_generator.set_state(checkpoint["opgan_pair_generator"])
 
+    def input_size_requirements(self) -> list:
+        """CycleGAN's nets, and S on the patches of the grid x grid lattice."""
+        hp = self.hparams
+        s_net = (
+            f"OPGAN's Siamese net S on the {hp.grid}x{hp.grid} patch grid with siamese_depth="
+            f"{hp.siamese_depth} and siamese_norm={hp.siamese_norm}"
+        )
+        return [*super().input_size_requirements(), (s_net, self.S.input_sizes(hp.grid))]
+
     def configure_optimizers(self):
         optimizers, schedulers = super().configure_optimizers()  # [opt_g, opt_d]
         hp = self.hparams

@@ -38,6 +38,7 @@ from gan_suite.losses import (
     linear_decay_to_zero,
 )
 from gan_suite.models.base import GANModule
+from gan_suite.models.checks import ScheduleHorizon
 from gan_suite.models.phases import Phase
 from gan_suite.nets.stargan import (
     StarGANDiscriminator,
@@ -294,9 +295,37 @@ class StarGAN(GANModule):
         return opts, scheds
 
     # -- checks against the data ------------------------------------------------------------
+    def input_size_requirements(self) -> list:
+        """G (two stride-2 stages) and D, whose classifier kernel is built for image_size."""
+        hp = self.hparams
+        return [
+            (f"{type(self).__name__}'s generator", self.G.input_sizes()),
+            (
+                f"{type(self).__name__}'s discriminator built for image_size={hp.image_size} "
+                f"with d_repeat_num={hp.d_repeat_num}",
+                self.D.input_sizes(),
+            ),
+        ]
+
+    def schedule_horizons(self) -> list[ScheduleHorizon]:
+        """The learning rates reach 0 at ``n_iterations``."""
+        hp = self.hparams
+        return [
+            ScheduleHorizon(
+                f"{type(self).__name__}'s learning-rate schedule (linear to 0 over the last "
+                f"model.init_args.n_iterations_decay={hp.n_iterations_decay})",
+                "iteration",
+                hp.n_iterations,
+                f"model.init_args.n_iterations={hp.n_iterations}",
+            )
+        ]
+
     def setup(self, stage: str) -> None:
-        super().setup(stage)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        self._check_data(dm)
+        super().setup(stage)  # after the checks above, whose messages are more specific
+
+    def _check_data(self, dm) -> None:
         if dm is None:
             return
         kind = getattr(dm, "label_kind", self.hparams.label_kind)

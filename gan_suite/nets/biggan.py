@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from gan_suite.nets.sizes import InputSizes
+
 # BigGAN's architecture tables (BigGAN.py G_arch / D_arch): channel multipliers of ``ch`` per
 # block. G: (in, out); every block upsamples x2 from a 4x4 start, block i outputs 8 * 2^i px.
 G_ARCH = {
@@ -136,6 +138,9 @@ class BigGANGenerator(nn.Module):
         n_classes: 0 = instance-conditioned only; > 0 adds a class embedding (class-cond.).
         class_embed_dim: the shared class embedding (``shared_dim``, 128).
 
+    Input sizes (:meth:`input_sizes`): G generates exactly ``image_size`` px, so the real
+    images D compares them with must have that size.
+
     Raises:
         ValueError: an image size without a table, or z_dim < number of chunks.
     """
@@ -152,6 +157,7 @@ class BigGANGenerator(nn.Module):
     ) -> None:
         super().__init__()
         _check_size(image_size)
+        self.image_size = image_size
         ins, outs = G_ARCH[image_size]
         slots = len(ins) + 1
         if z_dim < slots:
@@ -186,6 +192,10 @@ class BigGANGenerator(nn.Module):
         parts.append(self.embed_h(h))
         return torch.cat(parts, dim=1)
 
+    def input_sizes(self) -> InputSizes:
+        """Exactly ``image_size`` px (class docstring)."""
+        return InputSizes(self.image_size, 1, self.image_size)
+
     def forward(self, z: Tensor, h: Tensor, y: Tensor | None = None) -> Tensor:
         """z: (N, >= z_dim), h: (N, feature_dim), y: (N,) int64 or None -> (N, 3, S, S).
 
@@ -215,6 +225,9 @@ class BigGANDiscriminator(nn.Module):
         feature_dim: size of the instance features h (``instance_sz``, 2048 officially).
         n_classes: 0 = no class projection; > 0 = class-conditional.
 
+    Input sizes (:meth:`input_sizes`): ``image_size`` px, its architecture table's size (the
+    sum-pooling would take others, but the real images must match G's).
+
     Raises:
         ValueError: an image size without a table.
     """
@@ -224,6 +237,7 @@ class BigGANDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         _check_size(image_size)
+        self.image_size = image_size
         ins, outs, downs = D_ARCH[image_size]
         self.blocks = nn.ModuleList(
             DBlock(3 if i == 0 else ch * c_in, ch * c_out, down, preactivation=i > 0)
@@ -240,6 +254,10 @@ class BigGANDiscriminator(nn.Module):
         for block in self.blocks:
             x = block(x)
         return F.relu(x).sum(dim=(2, 3))
+
+    def input_sizes(self) -> InputSizes:
+        """Exactly ``image_size`` px (class docstring)."""
+        return InputSizes(self.image_size, 1, self.image_size)
 
     def forward(self, x: Tensor, h: Tensor, y: Tensor | None = None) -> Tensor:
         """x: (N, 3, S, S), h: (N, feature_dim), y: (N,) or None -> (N,) logits.

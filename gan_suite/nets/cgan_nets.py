@@ -15,8 +15,12 @@ Every discriminator returns raw logits (N,): the sigmoid lives in the BCE-with-l
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
+
+from gan_suite.nets.sizes import InputSizes
 
 
 class Maxout(nn.Module):
@@ -110,6 +114,9 @@ class ConditionalMLPDiscriminator(nn.Module):
             layers), the paper's 0.5.
         input_dropout: dropout on x before its branch (the condition is never dropped: a
             hidden condition would make "is this x consistent with y?" unanswerable).
+
+    Input sizes: a fixed vector of ``x_dim`` entries; for images, the one side
+    :meth:`input_sizes` gives (28 px for 784 grey pixels).
     """
 
     def __init__(
@@ -126,6 +133,7 @@ class ConditionalMLPDiscriminator(nn.Module):
         input_dropout: float = 0.5,
     ) -> None:
         super().__init__()
+        self.x_dim = x_dim
         self.x_branch = nn.Sequential(
             nn.Dropout(input_dropout), hidden_layer(x_dim, x_units, x_pieces)
         )
@@ -136,6 +144,17 @@ class ConditionalMLPDiscriminator(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(joint_units, 1),
         )
+
+    def input_sizes(self, channels: int = 1) -> InputSizes:
+        """The one image side whose ``channels`` x side x side pixels make ``x_dim``.
+
+        Raises:
+            ValueError: ``x_dim`` is not ``channels`` times a square.
+        """
+        side = math.isqrt(self.x_dim // channels)
+        if channels * side * side != self.x_dim:
+            raise ValueError(f"x_dim={self.x_dim} is not {channels} x a square image")
+        return InputSizes(side, 1, side)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """(N, x_dim), (N, cond_dim) -> (N,) logits of "x is real given cond"."""
@@ -210,12 +229,16 @@ class ConditionalConvDiscriminator(nn.Module):
         n_classes: one-hot condition dimensions (one plane each).
         image_size: input side; channels: input channels.
         ndf: channels of the first conv, doubled per stage (no BatchNorm on the first).
+
+    Input sizes (:meth:`input_sizes`): exactly ``image_size`` (the head is a linear layer
+    over the base map).
     """
 
     def __init__(
         self, n_classes: int = 10, image_size: int = 32, channels: int = 3, ndf: int = 64
     ) -> None:
         super().__init__()
+        self.image_size = image_size
         base, n_down = conv_stages(image_size)
         layers: list[nn.Module] = []
         c_in, c = channels + n_classes, ndf
@@ -227,6 +250,10 @@ class ConditionalConvDiscriminator(nn.Module):
             c_in, c = c, c * 2
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c_in * base**2, 1)
+
+    def input_sizes(self) -> InputSizes:
+        """Exactly ``image_size`` px (class docstring)."""
+        return InputSizes(self.image_size, 1, self.image_size)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """(N, C, H, W), (N, n_classes) -> (N,) logits."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from gan_suite.nets.sizes import InputSizes
+
 
 def _down(c_in: int, c_out: int, norm: bool) -> nn.Sequential:
     """A stride-2 4x4 conv halving the resolution, [BatchNorm], LeakyReLU 0.2."""
@@ -63,6 +65,9 @@ class EncoderDecoderGenerator(nn.Module):
         out_channels: channels of the output domain.
         ngf: width of the first encoder conv (64 in the paper).
         n_layers: stride-2 stages in each of encoder and decoder (4 in the paper).
+
+    Input sizes (:meth:`input_sizes`): sides that are multiples of 2**n_layers (16), so the
+    decoder gives back the input's size; 64 px in the paper.
     """
 
     def __init__(
@@ -83,6 +88,11 @@ class EncoderDecoderGenerator(nn.Module):
             nn.Tanh(),
         ]
         self.decoder = nn.Sequential(*layers)
+        self.n_layers = n_layers
+
+    def input_sizes(self) -> InputSizes:
+        """Multiples of 2**n_layers px (class docstring)."""
+        return InputSizes(min_size=2**self.n_layers, multiple=2**self.n_layers)
 
     def forward(self, x: Tensor) -> Tensor:
         code, _ = self.encoder(x)  # (B, 8*ngf, H/16, W/16)
@@ -102,12 +112,20 @@ class DCGANDiscriminator(nn.Module):
         in_channels: image channels.
         ndf: width of the first conv (64 in the paper).
         n_layers: stride-2 stages (4: 64 px -> 4 px, then the 4x4 valid conv -> 1 px).
+
+    Input sizes (:meth:`input_sizes`): sides >= 4 * 2**n_layers px (64): the 4x4 valid head
+    needs a 4 px code. 64 px gives one logit per image, larger images a grid of logits.
     """
 
     def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 4) -> None:
         super().__init__()
         self.encoder = ConvEncoder(in_channels, ndf, n_layers)
         self.head = nn.Conv2d(self.encoder.out_channels, 1, 4, stride=1, padding=0, bias=False)
+        self.n_layers = n_layers
+
+    def input_sizes(self) -> InputSizes:
+        """Sides >= 4 * 2**n_layers px (class docstring)."""
+        return InputSizes(min_size=4 * 2**self.n_layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         code, feats = self.encoder(x)

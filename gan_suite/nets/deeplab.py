@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from gan_suite.nets.sizes import InputSizes
+
 #: ImageNet statistics of torchvision's pretrained ResNets (inputs in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,6 +102,10 @@ class DeepLabV2(nn.Module):
                 f"{unexpected[:5]}"
             )
 
+    def input_sizes(self) -> InputSizes:
+        """Any side: the strided stem and the dilated stages round up (1 px -> a 1 x 1 map)."""
+        return InputSizes()
+
     def _stages(self) -> list[nn.Sequential]:
         b = self.backbone
         return [b.layer1, b.layer2, b.layer3, b.layer4]
@@ -130,6 +136,10 @@ class OutputDiscriminator(nn.Module):
     """
 
     min_size = 32
+
+    def input_sizes(self) -> InputSizes:
+        """Sides >= 32 px (five stride-2 4x4 convs; M's logits are upsampled to the image)."""
+        return InputSizes(self.min_size)
 
     def __init__(self, n_classes: int = 19, ndf: int = 64) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from gan_suite.nets.norm import conv_bias, norm_layer
+from gan_suite.nets.sizes import InputSizes
 
 
 class PatchDiscriminator(nn.Module):
@@ -19,12 +20,17 @@ class PatchDiscriminator(nn.Module):
         ndf: filters of the first conv layer (64 in the paper).
         n_layers: stride-2 conv layers after the first (3 gives the 70x70 PatchGAN).
         norm: ``instance`` (paper), ``batch`` or ``none``; the first layer has no norm.
+
+    Input sizes (:meth:`input_sizes`): sides >= 3 * 2**n_layers px (24 px for the 70x70
+    PatchGAN): the n_layers halvings must leave 3 px for the two stride-1 4x4 convs (the last
+    normalised map then has 2 px, InstanceNorm's minimum, and the logit map 1 px).
     """
 
     def __init__(
         self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance"
     ) -> None:
         super().__init__()
+        self.n_layers = n_layers
         make_norm, bias = norm_layer(norm), conv_bias(norm)
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1),
@@ -41,6 +47,10 @@ class PatchDiscriminator(nn.Module):
             ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
+
+    def input_sizes(self) -> InputSizes:
+        """Accepted sides (class docstring); with no C-layer, the first conv must leave 2 px."""
+        return InputSizes(min_size=3 * 2**self.n_layers if self.n_layers > 0 else 4)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, 1, H', W') patch logits
         return self.model(x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from gan_suite.nets.norm import conv_bias, norm_layer
+from gan_suite.nets.sizes import InputSizes
 
 
 class ResnetBlock(nn.Module):
@@ -43,6 +44,11 @@ class ResnetGenerator(nn.Module):
         norm: ``instance`` (paper), ``batch`` or ``none``.
         dropout: dropout inside the residual blocks (0 in CycleGAN).
         n_downsampling: stride-2 convs before the blocks (2 in the paper).
+
+    Input sizes (:meth:`input_sizes`): each side a multiple of 2**n_downsampling (else the
+    upsampled output is not the input's size) and at least 2 * 2**n_downsampling px (the
+    residual blocks' reflection padding needs 2 px at the bottleneck): multiples of 4 from
+    8 px in the paper's setting.
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class ResnetGenerator(nn.Module):
         n_downsampling: int = 2,
     ) -> None:
         super().__init__()
+        self.n_downsampling, self.n_blocks = n_downsampling, n_blocks
         make_norm, bias = norm_layer(norm), conv_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -83,6 +90,12 @@ class ResnetGenerator(nn.Module):
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
+
+    def input_sizes(self) -> InputSizes:
+        """Accepted sides (class docstring); the first 7x7 reflection pad needs 4 px."""
+        step = 2**self.n_downsampling
+        bottleneck = 2 if self.n_blocks > 0 else 1
+        return InputSizes(min_size=max(4, bottleneck * step), multiple=step)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C_out, H, W)
         return self.model(x)

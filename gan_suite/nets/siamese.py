@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_suite.nets.norm import conv_bias, norm_layer
+from gan_suite.nets.sizes import InputSizes
 
 D1, D2, C = 0, 1, 2  # the paper's three pair classes, as label indices
 
@@ -223,6 +224,10 @@ class SiameseNet(nn.Module):
             colour statistics that carry the domain; batch statistics would mix the pairs of a
             batch and, under DDP, give rank-dependent running buffers), ``batch``, ``instance``.
 
+    Input sizes (:meth:`input_sizes`), of a patch: any side with norm ``none`` or ``batch``
+    (the stride-2 convs round up); with ``instance``, >= 2**depth + 1 px (InstanceNorm needs
+    2 x 2 px after the last stride). An image cut on a g x g grid needs g times that.
+
     ``forward(first, second)`` returns ``(att_1, att_2, logits)``: attention maps
     ``(P, 1, h, w)`` in [0, 1], bilinearly resized to the patch size, and the 3-way logits
     ``(P, 3)`` over {D1, D2, C}. :meth:`encode` gives one patch's maps and domain features, which
@@ -239,6 +244,7 @@ class SiameseNet(nn.Module):
         norm: str = "none",
     ) -> None:
         super().__init__()
+        self.depth, self.norm = depth, norm
         self.encoder = PatchEncoder(in_channels, width, depth, feature_channels, norm)
         # content registration: a 1x1 conv turns c into a 1-channel attention map
         self.attention = nn.Conv2d(feature_channels, 1, 1)
@@ -250,6 +256,14 @@ class SiameseNet(nn.Module):
             nn.Flatten(),
             nn.Linear(feature_channels, 3),
         )
+
+    def input_sizes(self, grid: int = 1) -> InputSizes:
+        """Accepted image sides when cut on a ``grid`` x ``grid`` lattice (1: of a patch);
+        remainders are cropped, so no multiple is needed (class docstring)."""
+        patch = 2**self.depth + 1 if self.norm == "instance" and self.depth > 0 else 1
+        if self.norm == "instance" and self.depth == 0:
+            patch = 2
+        return InputSizes(min_size=grid * patch)
 
     def attention_map(self, content: Tensor, size: tuple[int, int]) -> Tensor:
         """Content attention map of c, resized to the patch size ``size`` = (h, w)."""

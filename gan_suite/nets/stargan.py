@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from gan_suite.nets.sizes import InputSizes
+
 
 def _instance_norm(channels: int) -> nn.InstanceNorm2d:
     return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
@@ -58,7 +60,9 @@ class StarGANGenerator(nn.Module):
         repeat_num: residual blocks (6).
         channels: image channels (3).
 
-    Input sides must be multiples of 4 (two stride-2 stages).
+    Input sizes (:meth:`input_sizes`): sides that are multiples of 4 (two stride-2 stages, so
+    the output has the input's size) from 8 px (InstanceNorm needs 2 x 2 px at the
+    bottleneck).
     """
 
     def __init__(
@@ -89,6 +93,10 @@ class StarGANGenerator(nn.Module):
         layers += [nn.Conv2d(ch, channels, 7, padding=3, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
+    def input_sizes(self) -> InputSizes:
+        """Multiples of 4 from 8 px (class docstring)."""
+        return InputSizes(min_size=8, multiple=4)
+
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """(N, C, H, W) images in [-1, 1], (N, c_dim) 0/1 targets -> (N, C, H, W) in [-1, 1]."""
         planes = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
@@ -97,6 +105,9 @@ class StarGANGenerator(nn.Module):
 
 class StarGANDiscriminator(nn.Module):
     """D(x) -> (src map, attribute logits); with ``match_head`` also MatchGAN's pair logits.
+
+    Input sizes (:meth:`input_sizes`): ``image_size`` (up to ``image_size + 2**repeat_num - 1``
+    px, which the convs floor to the same classifier kernel).
 
     Args:
         image_size: side of the (square) input images; ``image_size / 2**repeat_num`` must be
@@ -133,6 +144,7 @@ class StarGANDiscriminator(nn.Module):
             raise ValueError(f"match_features={match_features!r}: expected concat or relation")
         self.match_features = match_features
         kernel = check_discriminator_size(image_size, repeat_num)
+        self.image_size, self.repeat_num = image_size, repeat_num
         layers: list[nn.Module] = [
             nn.Conv2d(channels, conv_dim, 4, stride=2, padding=1),
             nn.LeakyReLU(0.01),
@@ -145,6 +157,12 @@ class StarGANDiscriminator(nn.Module):
         self.src = nn.Conv2d(ch, 1, 3, padding=1, bias=False)
         self.cls = nn.Conv2d(ch, c_dim, kernel, bias=False)
         self.match = nn.Conv2d(2 * ch, 2, kernel, bias=False) if match_head else None
+
+    def input_sizes(self) -> InputSizes:
+        """The classifier's kernel is built for ``image_size``: the sides whose
+        ``repeat_num`` floor halvings give the same kernel, ``image_size`` to
+        ``image_size + 2**repeat_num - 1`` px (a larger side would give a map of logits)."""
+        return InputSizes(self.image_size, 1, self.image_size + 2**self.repeat_num - 1)
 
     def embed(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, conv_dim * 2**(repeat_num-1), H / 2**repeat_num, same)."""

@@ -7,13 +7,14 @@ data, split resolution, transforms, and the DataLoaders.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from .catalog import check_embedded, materialize_embedded
 from .datasets import AlignedDataset, SingleDomainDataset
@@ -25,15 +26,37 @@ from .transforms import build_transform
 Split = Literal["train", "val", "test"]
 
 
+class EpochShuffle(RandomSampler):
+    """A random order per epoch that depends only on ``seed`` and the epoch Lightning sets
+    (``set_epoch``, called at every epoch start as on a ``DistributedSampler``), not on how
+    many iterators were made before: a resumed run makes one more (Lightning builds the
+    loader's iterator before it sets the resumed epoch), yet shuffles as the uninterrupted run.
+    Under DDP Lightning replaces it, being a ``RandomSampler``, by its ``DistributedSampler``,
+    which is seeded by epoch the same way.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        # a generator function: the order is drawn at the first batch, after set_epoch
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
 class SplitLoaders:
     """DataLoaders of the ``train_set``/``val_set``/``test_set`` a data module builds in
     ``setup``, from its ``batch_size``, ``num_workers``, ``pin_memory`` and ``seed``.
 
-    The training loader draws its shuffle order and its workers' base seed from one
-    ``torch.Generator`` per data module (:meth:`train_generator`), never from the global
-    stream; the generator's state is the data module's checkpoint state (:meth:`state_dict`),
-    so a run resumed from an epoch-end checkpoint shuffles its next epochs as the
-    uninterrupted run does."""
+    The training loader shuffles by :class:`EpochShuffle` (its order follows ``seed`` and the
+    epoch) and draws its workers' base seed from one ``torch.Generator`` per data module
+    (:meth:`train_generator`), never from the global stream; that generator's state is the
+    data module's checkpoint state (:meth:`state_dict`), so a resumed run repeats the
+    uninterrupted one."""
 
     #: keep loader workers between epochs (False where a dataset changes between epochs)
     persistent_workers = True
@@ -61,7 +84,7 @@ class SplitLoaders:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochShuffle(dataset, self.seed) if train else None,
             # Dropping the last partial batch keeps batch statistics even, but never drop
             # the only batch of a dataset smaller than batch_size.
             drop_last=train and len(dataset) >= self.batch_size,

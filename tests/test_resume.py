@@ -78,7 +78,9 @@ class Run:
     weights: dict[str, torch.Tensor]
 
 
-def _fit(paper: str, make_trainer, ckpt_dir: Path, seed: int, ckpt_path: Path | None) -> Run:
+def _fit(
+    paper: str, make_trainer, ckpt_dir: Path, seed: int, ckpt_path: Path | None, **trainer_kw
+) -> Run:
     model, data, callbacks = _build(paper)
     log = StepLog()
     every_epoch = ModelCheckpoint(dirpath=ckpt_dir, filename="{epoch}", save_top_k=-1)
@@ -86,10 +88,9 @@ def _fit(paper: str, make_trainer, ckpt_dir: Path, seed: int, ckpt_path: Path | 
         seed=seed,
         max_epochs=EPOCHS,
         limit_train_batches=BATCHES,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         enable_checkpointing=True,
         callbacks=[*callbacks, log, every_epoch],
+        **{"limit_val_batches": 0, "num_sanity_val_steps": 0, **trainer_kw},
     )
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     assert trainer.num_training_batches == BATCHES
@@ -97,14 +98,28 @@ def _fit(paper: str, make_trainer, ckpt_dir: Path, seed: int, ckpt_path: Path | 
     return Run(log.rows, weights)
 
 
-@pytest.mark.parametrize("paper", PAPERS)
-def test_resume_repeats_the_uninterrupted_run_exactly(paper, make_trainer, tmp_path):
-    straight = _fit(paper, make_trainer, tmp_path / "straight", seed=0, ckpt_path=None)
-    ckpt = tmp_path / "straight" / f"epoch={RESUME_AFTER - 1}.ckpt"
-    resumed = _fit(paper, make_trainer, tmp_path / "resumed", seed=1234, ckpt_path=ckpt)
+# validation every 2nd epoch (cGAN's and MatchGAN's YAMLs validate every 5th / 50th): then
+# ModelCheckpoint saves at the end of validation, before the epoch-end hooks (the per-epoch LR
+# step), and Lightning runs those hooks again after the restore
+VALIDATE_EVERY_2ND = {"limit_val_batches": 1, "check_val_every_n_epoch": 2,
+                      "num_sanity_val_steps": 1}  # fmt: skip
+CASES = [(paper, {}) for paper in PAPERS] + [("cyclegan", VALIDATE_EVERY_2ND)]
 
-    # the values logged from the resumed epoch on
-    later = [row for row in straight.rows if row[0] >= RESUME_AFTER]
+
+@pytest.mark.parametrize(
+    ("paper", "trainer_kw"), CASES, ids=[p + ("-val2" if kw else "") for p, kw in CASES]
+)
+def test_resume_repeats_the_uninterrupted_run_exactly(paper, trainer_kw, make_trainer, tmp_path):
+    straight = _fit(paper, make_trainer, tmp_path / "straight", 0, None, **trainer_kw)
+    ckpt = tmp_path / "straight" / f"epoch={RESUME_AFTER - 1}.ckpt"
+    resumed = _fit(paper, make_trainer, tmp_path / "resumed", 1234, ckpt, **trainer_kw)
+
+    # the values logged after the checkpoint: from the resumed epoch on, and, when the
+    # checkpoint was saved at validation end, the epoch-end values of the epoch before (the
+    # resumed fit runs those hooks again, as the uninterrupted one ran them after its save)
+    at_validation_end = trainer_kw.get("check_val_every_n_epoch", 1) > 1
+    after = RESUME_AFTER * BATCHES if at_validation_end else EPOCHS * BATCHES + 1
+    later = [row for row in straight.rows if row[0] >= RESUME_AFTER or row[1] >= after]
     # iterations 4..7, and 8 = the end of the last epoch where per-epoch schedules log
     iterations = {row[1] for row in later} - {EPOCHS * BATCHES}
     assert iterations == set(range(RESUME_AFTER * BATCHES, EPOCHS * BATCHES))

@@ -12,16 +12,72 @@ W&B offline folder; nothing of an earlier run is ever overwritten.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import secrets
+import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from gan_suite.cli_runs import (
+    BATCH_LIMITS,
+    add_budget_callback,
+    changed_model_options,
+    insert_resume_config,
+    latest_run_checkpoint,
+    normalise_budgets,
+    refuse_changed_options,
+    resume_checkpoint,
+    run_dir_of_checkpoint,
+)
+
 RUN_DIR_ENV = "GAN_SUITE_RUN_DIR"
+PAPERS = {
+    "cyclegan": "CycleGAN (Zhu et al. 2017)",
+    "discogan": "DiscoGAN (Kim et al. 2017)",
+    "cgan": "conditional GAN (Mirza & Osindero 2014)",
+    "icgan": "instance-conditioned GAN (Casanova et al. 2021)",
+    "stargan": "StarGAN (Choi et al. 2018)",
+    "matchgan": "MatchGAN (Sun et al. 2020)",
+    "opgan": "OP-GAN, self-supervised CycleGAN (Xie et al. 2020)",
+    "bdl": "BDL, bidirectional segmentation adaptation (Li et al. 2019)",
+}
+DESCRIPTION = (
+    "gan-suite: GAN papers side by side on PyTorch Lightning, one config system.\n"
+    + "".join(f"  {k:<9} {v:<60} experiments/{k}.yaml\n" for k, v in PAPERS.items())
+    + "\n  gan-suite fit --config experiments/<paper>.yaml [--config experiments/presets/quick.yaml"
+    "\n                --config experiments/presets/quick/<paper>.yaml]   (make experiment NAME=)"
+    "\n  gan-suite fit --resume runs/<paper>/<run_id>     continue a run in its directory"
+    "\n  gan-suite test --ckpt_path runs/<paper>/<run_id>/checkpoints/last.ckpt"
+    "\n  gan-suite predict --help                         translate a folder of images"
+    "\n  gan-suite compare RUN_DIR [RUN_DIR ...]          side-by-side metrics"
+)
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, keeping the description's line breaks (the papers' table)."""
+
+
+_HELP = {"formatter_class": _HelpFormatter}
+
+
+def _not_ours(record: logging.LogRecord) -> bool:
+    """Drop two of Lightning's notes from a run's output: "limit_*=1.0 ... 100% of the batches"
+    (wrong here: the suite sets a whole number of batches on the Trainer after building it, see
+    normalise_budgets) and an advertisement for a cloud logger on every run."""
+    message = record.getMessage()
+    return "was configured so 100%" not in message and "Tip: For seamless cloud" not in message
+
+
+# set while a command runs, so that a run that fails before training can be cleaned up
+_ACTIVE: dict = {}
 
 
 def new_run_id() -> str:
@@ -64,6 +120,9 @@ class SaveConfigToRunDir(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         path = Path(trainer.default_root_dir) / self.config_filename
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            # a resumed run keeps the config it started with; each resume adds its own
+            path = path.with_name(f"{path.stem}.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
         self.parser.save(
             self.config,
             str(path),
@@ -97,23 +156,82 @@ class GanSuiteCLI(LightningCLI):
             "--runs_root", type=str, default="runs", help="Root folder of all run directories."
         )
         parser.add_argument(
+            "--resume",
+            type=str | None,
+            default=None,
+            help="Continue the run in this run directory (runs/<name>/<run_id>) from its "
+            "checkpoints/last.ckpt, with its config.yaml; logs and reports are appended there. "
+            "`--ckpt_path last` does the same for the newest run of this experiment.",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=False,
             help="After fit, test the final weights (metrics.json, report.html).",
         )
 
+    _resume_dir: Path | None = None
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--resume``/``--ckpt_path last``, let Lightning take the checkpoint's model
+        options, and refuse the model options of this command that it would silently drop."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        cfg = self.config[subcommand]
+        if cfg.get("resume"):
+            if subcommand != "fit":
+                raise ValueError(f"--resume continues training: use it with fit, not {subcommand}")
+            cfg.ckpt_path = str(resume_checkpoint(cfg.resume))
+        elif cfg.get("ckpt_path") == "last":
+            name = cfg.name or _class_name(cfg.model)
+            cfg.ckpt_path = str(latest_run_checkpoint(cfg.runs_root, name))
+        if subcommand == "fit" and cfg.get("ckpt_path"):
+            if not Path(cfg.ckpt_path).is_file():
+                raise FileNotFoundError(f"--ckpt_path {cfg.ckpt_path}: no such checkpoint file")
+            self._resume_dir = run_dir_of_checkpoint(cfg.ckpt_path)
+        requested = cfg.model.clone() if cfg.get("model") is not None else None
+        super()._parse_ckpt_path()
+        if subcommand == "fit" and cfg.get("ckpt_path") and requested is not None:
+            changes = changed_model_options(requested, self.config[subcommand].model)
+            refuse_changed_options(cfg.ckpt_path, changes)
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         name = cfg.name or _class_name(cfg.model)
-        run_dir = resolve_run_dir(
-            cfg.runs_root, name, cfg.run_id, self.subcommand or "fit", cfg.get("ckpt_path")
-        )
-        if run_dir.exists() and not _is_spawned_rank():
-            raise FileExistsError(
-                f"run directory {run_dir} already exists: pick another --run_id "
-                "(a run directory is never reused, so nothing of an earlier run is overwritten)"
+        subcommand = self.subcommand or "fit"
+        if subcommand in {"test", "validate"} and not cfg.get("ckpt_path"):
+            warnings.warn(
+                f"gan-suite {subcommand} without --ckpt_path scores the untrained network "
+                "(random initial weights); its metrics.json records checkpoint: null. Pass "
+                "--ckpt_path runs/<name>/<run_id>/checkpoints/last.ckpt (or `last`) to score "
+                "a trained run.",
+                UserWarning,
+                stacklevel=1,
             )
+        iterations = normalise_budgets(cfg.trainer)
+        # jsonargparse turns these back into floats for Lightning's `int | float`: set them on
+        # the Trainer itself once it is built (after_instantiate_classes)
+        self._batch_limits = {
+            k: cfg.trainer[k] for k in BATCH_LIMITS if type(cfg.trainer.get(k)) is int
+        }
+        if iterations is not None:
+            add_budget_callback(cfg.trainer, iterations, type(cfg))
+        if self._resume_dir is not None:
+            run_dir = self._resume_dir  # continue the run where it lives
+            # the run's own folders are expected to hold files: not a sign of a clash
+            warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        else:
+            run_dir = resolve_run_dir(
+                cfg.runs_root, name, cfg.run_id, subcommand, cfg.get("ckpt_path")
+            )
+            if run_dir.exists() and not _is_spawned_rank():
+                raise FileExistsError(
+                    f"run directory {run_dir} already exists: pick another --run_id (a run "
+                    "directory is never reused, so nothing of an earlier run is overwritten; "
+                    "--resume continues a run)"
+                )
+            _ACTIVE.update(created=run_dir, cli=self)
         run_dir.mkdir(parents=True, exist_ok=True)
         os.environ[RUN_DIR_ENV] = str(run_dir)
         self.run_dir = run_dir
@@ -131,10 +249,19 @@ class GanSuiteCLI(LightningCLI):
         for lg in loggers if isinstance(loggers, list) else [loggers]:
             args = lg.init_args
             args.save_dir = str(run_dir)
+            if _class_name(lg) == "csvlogger":
+                lg.class_path = "gan_suite.loggers.CSVLogger"  # appends on resume, see there
             if _class_name(lg) in {"csvlogger", "tensorboardlogger"}:
                 args.name, args.version = "", ""  # write straight into the run directory
             elif _class_name(lg) == "wandblogger" and args.get("name") is None:
                 args.name = display_name
+
+    _batch_limits: dict = {}
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        for key, value in self._batch_limits.items():
+            setattr(self.trainer, key, value)
 
     def _report(self) -> None:
         if self.trainer.is_global_zero:
@@ -171,14 +298,53 @@ class GanSuiteCLI(LightningCLI):
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> GanSuiteCLI:
-    """Entry point of the ``gan-suite`` console script (and of tests, with ``args``)."""
+    """Entry point of the ``gan-suite`` console script (and of tests, with ``args``).
+
+    A command that fails before its first training batch (bad data, a size the nets cannot
+    take, a refused option) removes the run directory it created: no empty runs are left.
+    """
+    _ACTIVE.clear()
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_ours not in rank_zero_log.filters:
+        rank_zero_log.addFilter(_not_ours)
+    try:
+        return _build_cli(args, run)
+    except BaseException:
+        _remove_unstarted_run_dir()
+        raise
+
+
+def _remove_unstarted_run_dir() -> None:
+    run_dir, cli = _ACTIVE.get("created"), _ACTIVE.get("cli")
+    if run_dir is None or _is_spawned_rank() or not Path(run_dir).is_dir():
+        return
+    trainer = getattr(cli, "trainer", None)
+    if trainer is not None and trainer.fit_loop.epoch_loop.batch_progress.total.completed > 0:
+        return  # it trained: its logs say how far
+    if any(Path(run_dir).rglob("*.ckpt")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = Path(run_dir).parent
+    if parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()  # runs/<name>/ made for this run alone
+
+
+def _build_cli(args: list[str] | None, run: bool) -> GanSuiteCLI:
     return GanSuiteCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={
+            "parser_mode": "omegaconf",
+            "description": DESCRIPTION,
+            **_HELP,
+            **{
+                sub: {"parser_mode": "omegaconf", "description": DESCRIPTION, **_HELP}
+                for sub in ("fit", "validate", "test")
+            },
+        },
         save_config_callback=SaveConfigToRunDir,
         # checkpoints written to <path>.tmp, fsynced, then renamed: a killed run keeps its
         # previous last.ckpt loadable. A class_path (not an instance) so that config.yaml
@@ -190,15 +356,24 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GanSuiteCLI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The console script: LightningCLI subcommands, plus ``compare RUN_DIR...``."""
+    """The console script: LightningCLI subcommands, ``predict`` (a folder of images through a
+    checkpoint, :mod:`gan_suite.predict`) and ``compare RUN_DIR...``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
         from gan_suite.eval.compare import compare_main
 
         return compare_main(argv[1:])
-    if argv[:1] in (["-h"], ["--help"]):
-        print("gan-suite compare RUN_DIR [RUN_DIR ...] [--out FILE.html]: side-by-side metrics\n")
-    cli_main(argv)
+    if argv[:1] == ["predict"]:
+        # not LightningCLI's predict (a data module's predict loader): a folder of images in,
+        # translations and index.html out
+        from gan_suite.predict import predict_main
+
+        return predict_main(argv[1:])
+    if argv[:1] == ["fit"]:
+        argv = insert_resume_config(argv)
+    # LightningCLI reads sys.argv itself (and warns when also given args): hand it over there
+    sys.argv = [sys.argv[0] if sys.argv else "gan-suite", *argv]
+    cli_main()
     return 0
 
 

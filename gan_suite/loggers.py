@@ -1,12 +1,16 @@
-"""Loggers: W&B that never blocks on a login prompt."""
+"""Loggers: W&B that never blocks on a login prompt; a CSV log that a resumed run appends to."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from pathlib import Path
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _CSVWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 def wandb_credentials_available() -> bool:
@@ -68,3 +72,34 @@ class WandbLogger(_LightningWandbLogger):
             log_model=log_model,
             id=id,
         )
+        # Lightning passes anonymous=None, which wandb now answers with a deprecation warning
+        # on every run; the setting has no effect either way
+        self._wandb_init.pop("anonymous", None)
+
+
+class _AppendingCSVWriter(_CSVWriter):
+    """Lightning's CSV writer, minus deleting an existing ``metrics.csv``: it continues the
+    file, starting from its header (so the rows already written keep their columns)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSVLogger that appends to the run directory's ``metrics.csv``.
+
+    Lightning's own deletes an existing ``metrics.csv`` when it starts (with a warning that
+    every brand-new suite run triggers, because the run directory already holds its
+    config.yaml): a run resumed in its directory would lose its first epochs' metrics. The CLI
+    uses this class wherever a config names Lightning's CSVLogger. Same arguments.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingCSVWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingCSVWriter(log_dir=self.log_dir)
+        return self._experiment

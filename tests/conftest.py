@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("GAN_SUITE_OFFLINE", "1")  # tests never touch the network
 torch.set_num_threads(2)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -124,6 +125,8 @@ class Evaluation(L.Callback):
                 self.evaluator.to(pl_module.device)
         if self.feature == "auto":
             self.feature = "evaluator" if self.evaluator is not None else "inception"
+        if self.feature == "inception" and self.inception_weights is None:
+            self._ensure_inception_weights(trainer)
         if self.extractor is None and self.feature != "none":
             if self.feature == "evaluator":
                 if self.evaluator is None:
@@ -138,6 +141,50 @@ class Evaluation(L.Callback):
             self.extractor = make_feature_extractor(
                 self.feature, evaluator=net, weights_path=self.inception_weights
             ).to(pl_module.device)
+
+    fid_skipped: str | None = None  # why FID/KID are not computed, for metrics.json
+
+    def _ensure_inception_weights(self, trainer: L.Trainer) -> None:
+        """Find the FID InceptionV3 weights, else fetch them once into the torch hub cache;
+        where that fails (no network), train on without FID/KID and say so. Never loses a run
+        to a missing metric. An explicit ``inception_weights`` path is never replaced."""
+        from gan_suite.eval.features import (
+            INCEPTION_WEIGHTS_ENV,
+            InceptionWeightsNotFoundError,
+            fetch_inception_weights,
+            find_inception_weights,
+            hub_inception_path,
+        )
+
+        try:
+            find_inception_weights()
+            return
+        except InceptionWeightsNotFoundError:
+            pass
+        error = None
+        if trainer.is_global_zero:
+            try:
+                path = fetch_inception_weights()
+                rank_zero_info(f"[gan-suite] FID InceptionV3 weights fetched into {path}")
+            except (OSError, ValueError) as err:
+                error = err
+        if trainer.world_size > 1:
+            trainer.strategy.barrier("gan_suite_inception")
+        try:
+            find_inception_weights()
+            return
+        except InceptionWeightsNotFoundError:
+            pass
+        self.fid_skipped = (
+            f"FID InceptionV3 weights not on disk and could not be fetched ({error or 'no file'})"
+        )
+        rank_zero_warn(
+            f"{self.fid_skipped}: FID/KID are skipped in this run; every other metric is "
+            f"computed. To enable them, put {hub_inception_path().name} at "
+            f"{hub_inception_path()} (or point ${INCEPTION_WEIGHTS_ENV} or "
+            "Evaluation(inception_weights=...) at it) and run `gan-suite test --ckpt_path ...`."
+        )
+        self.feature = "none"
 
     def _fidkid(self) -> FIDKID | None:
         if self.extractor is None:
@@ -325,6 +372,10 @@ class Evaluation(L.Callback):
             "iteration": int(getattr(pl_module, "iteration", trainer.global_step)),
         }
         # the judge's own held-out accuracy beside the numbers it judges
+        if self.fid_skipped:
+            extra["fid_skipped"] = self.fid_skipped
+        if trainer.ckpt_path is None and int(getattr(pl_module, "iteration", 1)) == 0:
+            extra["untrained"] = True  # `gan-suite test` without --ckpt_path
         judge = evaluator_summary(self.evaluator)  # None: no evaluator, or no known checkpoint
         if judge is not None:
             extra["evaluator"] = judge

@@ -6,13 +6,17 @@ asks of a custom ``feature=`` module (torchmetrics 1.9, ``image/fid.py``): an in
 ``num_features`` attribute, so torchmetrics never probes the network with its default
 (1, 3, 299, 299) dummy image, and a forward that also accepts that probe's uint8 [0, 255] input.
 
-Nothing here downloads anything: the InceptionV3 weights must already be on disk.
+The one download of the suite is :func:`fetch_inception_weights`: the standard FID InceptionV3
+weights, fetched once into the torch hub cache as every FID tool of the field does, and only
+when the Evaluation callback asks for them (a run without network trains without FID/KID).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +30,7 @@ INCEPTION_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
 )
 INCEPTION_WEIGHTS_ENV = "GAN_SUITE_INCEPTION_WEIGHTS"
+OFFLINE_ENV = "GAN_SUITE_OFFLINE"  # set: never try the network (tests, air-gapped clusters)
 INCEPTION_NUM_FEATURES = 2048
 EXTRACTOR_KINDS = ("inception", "evaluator")
 
@@ -69,6 +74,81 @@ def find_inception_weights(weights_path: str | os.PathLike[str] | None = None) -
         f"and put it at {hub_file} (the torch hub cache), or anywhere and point the env var "
         f"{INCEPTION_WEIGHTS_ENV} (or the `weights_path` argument) at the file or its folder."
     )
+
+
+def hub_inception_path() -> Path:
+    """Where the standard weights live once fetched: ``torch.hub.get_dir()/checkpoints/``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+
+
+def _download(url: str, target: Path, timeout: float) -> str:
+    """Stream ``url`` into ``target``; return the file's sha256 (hex)."""
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def check_inception_state(path: str | os.PathLike[str]) -> None:
+    """Check a weights file is torch-fidelity's InceptionV3: every tensor name and shape.
+
+    Loaded with ``torch.load(weights_only=True)``. Raises ValueError naming the file and the
+    first mismatch (a truncated download, an HTML error page, another network).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same fault here
+        raise ValueError(f"{path}: not a torch state dict ({type(err).__name__}: {err})") from err
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Shapes(FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            return None
+
+    empty = Path(path).with_name(Path(path).name + ".probe")
+    torch.save({}, empty)
+    try:
+        net = _Shapes("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    finally:
+        empty.unlink()
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
+    for key, shape in expected.items():
+        if got.get(key) != shape:
+            raise ValueError(
+                f"{path}: not the FID InceptionV3 weights ({key}: expected shape {shape}, "
+                f"found {got.get(key, 'nothing')})"
+            )
+
+
+def fetch_inception_weights(url: str = INCEPTION_WEIGHTS_URL, timeout: float = 30.0) -> Path:
+    """Fetch the standard FID InceptionV3 weights once into the torch hub cache.
+
+    The file is streamed to ``<name>.partial``, checked by :func:`check_inception_state` and
+    only then renamed into place, so a failed or interrupted download never leaves a file that
+    looks complete. Its sha256 is written beside it (``<name>.sha256``) so that runs can cite
+    exactly which weights scored them.
+
+    Raises:
+        OSError: no network (``urllib.error.URLError``), the download failed, or
+            ``$GAN_SUITE_OFFLINE`` is set.
+        ValueError: the downloaded file is not the InceptionV3 state dict.
+    """
+    if os.environ.get(OFFLINE_ENV):
+        raise OSError(f"downloads are switched off (${OFFLINE_ENV} is set)")
+    target = hub_inception_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        sha256 = _download(url, partial, timeout)
+        check_inception_state(partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    target.with_name(target.name + ".sha256").write_text(f"{sha256}  {target.name}\n")
+    return target
 
 
 def load_inception(weights_path: str | os.PathLike[str] | None = None) -> nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,6 +128,21 @@ def _metrics_table(doc: dict) -> str:
     return "\n".join(rows) + "</table>"
 
 
+def keep_previous(path: Path) -> Path | None:
+    """Rename an existing ``path`` to ``<stem>.<its mtime>.<suffix>`` (never overwriting):
+    the earlier report of a run that was resumed and tested again stays beside the new one."""
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+        n += 1
+    path.rename(target)
+    return target
+
+
 def write_run_reports(
     trainer: L.Trainer,
     results: dict[str, dict],
@@ -147,6 +163,8 @@ def write_run_reports(
     from lightning.pytorch.utilities import rank_zero_info
 
     run_dir = Path(trainer.default_root_dir)
+    for earlier in (run_dir / "metrics.json", run_dir / "report.html"):
+        keep_previous(earlier)  # a resumed run appends its reports; none is overwritten
     write_metrics_json(
         run_dir, results, model=model, checkpoint=trainer.ckpt_path, dataset=dataset, extra=extra
     )

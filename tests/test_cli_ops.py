@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from cli_helpers import EXPERIMENTS, TINY_TWO_DOMAIN
+from PIL import Image
 
 from gan_suite.cli import DESCRIPTION, PAPERS, cli_main, main
 from gan_suite.cli_runs import ResumeError

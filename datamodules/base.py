@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from gan_suite.utils.workers import worker_init
+
 from .catalog import check_embedded, materialize_embedded
 from .datasets import AlignedDataset, SingleDomainDataset
 from .domain import Domain, load_labels
@@ -92,6 +94,7 @@ class SplitLoaders:
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0 and self.persistent_workers,
             generator=generator,
+            worker_init_fn=worker_init(self),  # workers ignore SIGTERM: the run saves first
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -79,6 +79,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from gan_suite.utils.workers import worker_init
+
 from .base import SplitLoaders
 from .catalog import check_embedded, embedded_dataset, materialize_embedded
 from .instances import NeighbourhoodDataset
@@ -385,6 +387,7 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             # the workers' base seed from the checkpointed generator, not the global stream
             generator=self.train_generator(),
+            worker_init_fn=worker_init(self),  # workers ignore SIGTERM: the run saves first
         )
 
     # ---------------------------------------------------------------- checkpoint state

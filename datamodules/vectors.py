@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from gan_suite.utils.workers import worker_init
+
 from .io import DatasetLayoutError, read_text, require_dir
 
 VECTOR_LAYOUT = (
@@ -177,6 +179,7 @@ class VectorDataModule(L.LightningDataModule):
             generator=g,
             drop_last=train and len(data) >= self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
+            worker_init_fn=worker_init(self),  # workers ignore SIGTERM: the run saves first
         )
 
     def train_dataloader(self) -> DataLoader:

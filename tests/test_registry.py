@@ -182,6 +182,7 @@ OBSERVERS = {
     "gan_suite.callbacks.Evaluation",
     "gan_suite.callbacks.SampleGrid",
     "lightning.pytorch.callbacks.ModelCheckpoint",
+    "gan_suite.callbacks.RunSafety",  # checkpoints on SIGTERM / non-finite: tests/test_safety.py
 }
 
 

@@ -179,8 +179,7 @@ def test_sigterm_saves_a_resumable_last_ckpt_and_exits_143(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == SIGTERM_EXIT_CODE, stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
-    assert f"to {last}; resume with: gan-suite fit --config" in stderr, stderr[-2000:]
-    assert f"--ckpt_path {last}" in stderr and "--run_id" not in stderr.splitlines()[-1]
+    assert f"to {last}; resume with: gan-suite fit --resume {run}" in stderr, stderr[-2000:]
     state = torch.load(last, map_location="cpu", weights_only=False)
     epoch = state["epoch"]
     assert epoch >= 3
@@ -189,13 +188,13 @@ def test_sigterm_saves_a_resumable_last_ckpt_and_exits_143(tmp_path):
     assert int(state["state_dict"]["iteration"]) == batches_done >= 3 * 3
 
     # resume through the CLI: it runs on from that epoch to the end (max_epochs = epoch + 2)
-    resumed = _cli([*config, *tiny, f"--trainer.max_epochs={epoch + 2}",
-                    "--ckpt_path", str(last)], tmp_path,
+    resumed = _cli(["--resume", str(run), f"--trainer.max_epochs={epoch + 2}"], tmp_path,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     stdout, stderr = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, stderr[-3000:]
     run_dir = stdout.split("[gan-suite] run directory: ")[1].splitlines()[0]
-    final = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert Path(run_dir).resolve() == run.resolve()  # continued in its own directory
+    final = torch.load(last, weights_only=False)
     # every batch of every epoch ran once: the killed epoch's remaining batches, then the rest
     assert int(final["state_dict"]["iteration"]) == 3 * (epoch + 2)
 

@@ -239,9 +239,14 @@ _RUN_OPTIONS = ("--ckpt_path", "--run_id", "--resume")
 
 
 def resume_command(trainer: L.Trainer, ckpt: Path) -> str:
-    """The command that resumes this run from ``ckpt``: the ``gan-suite fit`` command line
+    """The command that resumes this run from ``ckpt``: ``gan-suite fit --resume <run_dir>``
+    for a run directory's ``last.ckpt``; else the ``gan-suite fit`` command line
     of this process with ``--ckpt_path`` (its own ``--ckpt_path``, ``--run_id`` and ``--resume``
     dropped); else a ``fit`` on the run directory's resolved ``config.yaml``."""
+    run_dir = Path(ckpt).parent.parent
+    if Path(ckpt).name == "last.ckpt" and (run_dir / "config.yaml").is_file():
+        # the run's own config.yaml holds every option it ran with
+        return shlex.join(["gan-suite", "fit", "--resume", str(run_dir)])
     argv = list(sys.argv[1:])
     if "fit" not in argv:
         config = Path(trainer.default_root_dir) / "config.yaml"

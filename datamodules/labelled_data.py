@@ -234,12 +234,15 @@ def load_labelled_list(path: Path, keys: Sequence[str]) -> np.ndarray:
         if entry not in where:
             example = f" (e.g. {keys[0]!r})" if len(keys) else ""
             raise AnnotationError(
-                f"labelled list {str(path)!r} line {number}: {entry!r} is not an item of the "
-                f"training split; expected one training item per line{example}"
+                f"labelled list {str(path)!r} (data.init_args.labelled_list) line {number}: "
+                f"{entry!r} is not an item of the training split; expected one training item "
+                f"per line{example}"
             )
         mask[where[entry]] = True
     if not mask.any():
-        raise AnnotationError(f"labelled list {str(path)!r} names no training item")
+        raise AnnotationError(
+            f"labelled list {str(path)!r} (data.init_args.labelled_list) names no training item"
+        )
     return mask
 
 

@@ -302,6 +302,7 @@ class _FakeTrainer:
     """Just what toggle_optimizer and log_terms need from a Trainer."""
 
     global_step = 0
+    world_size = 1
 
     def __init__(self, optimizers):
         self.optimizers = optimizers

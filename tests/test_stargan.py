@@ -505,7 +505,7 @@ def test_bad_crop_and_unreadable_list_name_the_option(tmp_path):
     bad = tmp_path / "list.txt"
     bad.write_bytes(b"\xff\xfe\x00bad")
     dm = _shapes(labelled_fraction=0.5, labelled_list=str(bad))
-    with pytest.raises(AnnotationError, match="data.labelled_list"):
+    with pytest.raises(AnnotationError, match="data.init_args.labelled_list"):
         dm.setup("fit")
 
 

@@ -8,6 +8,7 @@ PRESET ?= quick
 DATA   ?=
 RUNS   ?=
 DATASET ?=
+TEST_WORKERS ?= 2
 # the base YAML is the paper; a preset adds experiments/presets/<PRESET>.yaml and, when it
 # exists, experiments/presets/<PRESET>/<NAME>.yaml (the paper-specific part of the preset)
 PRESET_FILES := $(wildcard experiments/presets/$(PRESET).yaml) $(wildcard experiments/presets/$(PRESET)/$(NAME).yaml)
@@ -31,8 +32,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,data]'
 	touch $(STAMP)
 
-test: install ## run the test suite (CPU, < 10 min on 2 cores)
-	$(PY) -m pytest
+test: install ## run the test suite (CPU, 2 pytest-xdist workers, < 10 min on 2 cores)
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check .

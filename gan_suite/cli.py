@@ -329,10 +329,10 @@ def _remove_unstarted_run_dir() -> None:
         parent.rmdir()  # runs/<name>/ made for this run alone
 
 
-def _build_cli(args: list[str] | None, run: bool) -> GanSuiteCLI:
-    return GanSuiteCLI(
-        L.LightningModule,
-        L.LightningDataModule,
+def cli_kwargs(**parser_options) -> dict:
+    """The constructor arguments of the suite's LightningCLI (also used by tools that only
+    parse a command line, such as the sweep runner); ``parser_options`` go to every parser."""
+    return dict(
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
@@ -340,8 +340,10 @@ def _build_cli(args: list[str] | None, run: bool) -> GanSuiteCLI:
             "parser_mode": "omegaconf",
             "description": DESCRIPTION,
             **_HELP,
+            **parser_options,
             **{
                 sub: {"parser_mode": "omegaconf", "description": DESCRIPTION, **_HELP}
+                | parser_options
                 for sub in ("fit", "validate", "test")
             },
         },
@@ -350,9 +352,11 @@ def _build_cli(args: list[str] | None, run: bool) -> GanSuiteCLI:
         # previous last.ckpt loadable. A class_path (not an instance) so that config.yaml
         # records it; `--trainer.plugins+=X` adds a plugin, `--trainer.plugins=[...]` replaces it
         trainer_defaults={"plugins": [{"class_path": "gan_suite.utils.AtomicCheckpointIO"}]},
-        args=args,
-        run=run,
     )
+
+
+def _build_cli(args: list[str] | None, run: bool) -> GanSuiteCLI:
+    return GanSuiteCLI(L.LightningModule, L.LightningDataModule, args=args, run=run, **cli_kwargs())
 
 
 def main(argv: list[str] | None = None) -> int:

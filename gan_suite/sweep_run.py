@@ -54,7 +54,7 @@ def parse_fit(args: list[str]):
     import lightning as L
     from jsonargparse import ArgumentError
 
-    from gan_suite.cli import GanSuiteCLI
+    from gan_suite.cli import GanSuiteCLI, cli_kwargs
     from gan_suite.utils import quiet
 
     class _ParseOnly(GanSuiteCLI):
@@ -73,12 +73,9 @@ def parse_fit(args: list[str]):
                 cli = _ParseOnly(
                     L.LightningModule,
                     L.LightningDataModule,
-                    subclass_mode_model=True,
-                    subclass_mode_data=True,
-                    auto_configure_optimizers=False,
-                    parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
                     args=args,
                     run=False,
+                    **cli_kwargs(exit_on_error=False),
                 )
             _PARSER = cli.parser
             return cli.config

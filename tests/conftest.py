@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("GAN_SUITE_OFFLINE", "1")  # tests never touch the network
-torch.set_num_threads(2)
+# one thread per pytest-xdist worker (make test runs 2 workers on the 2 cores), else both cores
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(autouse=True)

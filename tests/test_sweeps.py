@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from cli_helpers import CSV_LOGGER, EXPERIMENTS
+from cli_helpers import CSV_LOGGER, EXPERIMENTS, TINY_TWO_DOMAIN
 
 from gan_suite import sweep
 from gan_suite.callbacks.bdl_schedule import bdl_plan
@@ -30,16 +30,8 @@ from gan_suite.sweep_space import (
 ROOT = EXPERIMENTS.parent
 PAPERS = ["bdl", "cgan", "cyclegan", "discogan", "icgan", "matchgan", "opgan", "stargan"]
 ATTRS = ["red", "green", "warm_background"]
-TWO_DOMAIN = [
-    "--model.init_args.ngf=4",
-    "--model.init_args.n_blocks=1",
-    "--model.init_args.ndf=4",
-    "--data.init_args.load_size=36",
-    "--data.init_args.crop_size=32",
-    "--data.init_args.batch_size=2",
-    "--data.init_args.num_workers=0",
-    "--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 32}",
-]
+# the CycleGAN family's tiny nets and data (cli_helpers), without its logger and trainer parts
+TWO_DOMAIN = [a for a in TINY_TWO_DOMAIN if a.startswith(("--model.", "--data."))]
 STARGAN = [
     "--model.init_args.image_size=32",
     "--model.init_args.g_conv_dim=4",

@@ -289,7 +289,8 @@ class GanSuiteCLI(LightningCLI):
         if trainer.interrupted:
             return None  # an interrupted fit keeps the checkpoints it made
         path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes, atomically
+        # full state (weights_only=False); every rank calls it; rank 0 writes, atomically
+        trainer.save_checkpoint(path, weights_only=False)
         cb.last_model_path = str(path)
         return str(path)
 

@@ -4,6 +4,7 @@ FID weights that are missing, what a first run prints."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -139,3 +140,55 @@ def test_help_names_the_suite_and_every_paper(capsys):
     for name in PAPERS:
         assert f"experiments/{name}.yaml" in out
     assert DESCRIPTION.splitlines()[0] in out
+
+
+def test_a_size_the_nets_cannot_take_is_refused_at_setup_naming_the_option():
+    with pytest.raises(ValueError, match="data.init_args.crop_size=16"):
+        _fit("--data.init_args.load_size=18", "--data.init_args.crop_size=16", "--run_id=px16")
+    assert not Path("runs/cyclegan").exists()  # no debris of the failed run
+
+
+def test_fid_weights_are_fetched_once_checked_and_renamed_into_the_hub(monkeypatch, tmp_path):
+    from gan_suite.eval import features
+
+    real = features.write_random_inception_weights(tmp_path / "src.pth")
+    monkeypatch.delenv("GAN_SUITE_OFFLINE")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+
+    def broken(url, target, timeout):  # an HTML error page where the weights should be
+        Path(target).write_bytes(b"<html>rate limited</html>")
+        return "0" * 64
+
+    monkeypatch.setattr(features, "_download", broken)
+    with pytest.raises(ValueError, match="not a torch state dict"):
+        features.fetch_inception_weights()
+    assert not list((tmp_path / "hub").rglob("*.pth*"))  # nothing that looks complete
+
+    def served(url, target, timeout):
+        Path(target).write_bytes(real.read_bytes())
+        return hashlib.sha256(real.read_bytes()).hexdigest()
+
+    monkeypatch.setattr(features, "_download", served)
+    path = features.fetch_inception_weights()
+    assert path == features.hub_inception_path() and path.read_bytes() == real.read_bytes()
+    sha = path.with_name(path.name + ".sha256").read_text().split()[0]
+    assert sha == hashlib.sha256(real.read_bytes()).hexdigest()
+    assert features.find_inception_weights() == path  # the next run finds it: fetched once
+
+
+def test_the_wandb_api_key_is_written_nowhere(monkeypatch):
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = (
+        "--trainer.logger=[{class_path: lightning.pytorch.loggers.CSVLogger,"
+        " init_args: {save_dir: runs}},"
+        " {class_path: gan_suite.loggers.WandbLogger, init_args: {offline: true}}]"
+    )
+    args = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", *NO_EVAL, "--run_id=k"]
+    _fit(*args, logger)
+    run = Path("runs/cyclegan/k")
+    assert (run / "wandb").is_dir()  # the offline W&B run is there ...
+    for path in run.rglob("*"):  # ... and no file of the run holds the key
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

@@ -115,7 +115,8 @@ class RunSafety(Checkpoint):
                 # before the save, as ModelCheckpoint does: the path is part of its saved state,
                 # and a later save of its own then overwrites this file instead of last-v1.ckpt
                 cb.last_model_path = str(path)
-        trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
+        # full state (weights_only=False); every rank calls it; rank 0 writes
+        trainer.save_checkpoint(path, weights_only=False)
         self._last_save = time.monotonic()
         return path
 
@@ -215,7 +216,8 @@ class RunSafety(Checkpoint):
             self.checkpoint_dir(trainer)
             / f"nonfinite-iter{iteration}-step{trainer.global_step}.ckpt"
         )
-        trainer.save_checkpoint(path)  # every rank raised together (log_terms syncs), so all save
+        # full state (weights_only=False); every rank raised together (log_terms syncs), so all save
+        trainer.save_checkpoint(path, weights_only=False)
         weights_ok = all(p.isfinite().all() for p in pl_module.parameters())
         note = f"the weights before this step are saved in {path}"
         if not weights_ok:

@@ -10,6 +10,7 @@ hold the data module's (crop size, image size, channels, ...). A checkpoint writ
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -67,18 +68,23 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read the run configuration {path}: {err}") from err
 
 
+TRUST_ENV = "GAN_SUITE_TRUST_CHECKPOINT"  # =1: allow a full (code-running) unpickling
+
+
 def _torch_load(path: Path) -> dict[str, Any]:
+    """Load with ``weights_only=True`` (tensors and containers: the suite's own checkpoints).
+    A file that needs more runs code when unpickled: refused unless ``$GAN_SUITE_TRUST_CHECKPOINT``
+    is set to 1 for a file the user vouches for."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # the suite's own checkpoints load with weights_only; an older one may hold a
-        # callback state with plain Python objects
-        warnings.warn(
-            f"{path} holds Python objects beyond tensors and containers; loading it with "
-            "weights_only=False, which runs code from the file: only do this for your own "
-            "checkpoints",
-            stacklevel=3,
-        )
+    except pickle.UnpicklingError as err:
+        if os.environ.get(TRUST_ENV) != "1":
+            raise ValueError(
+                f"--ckpt_path {path} holds Python objects beyond tensors and containers, and "
+                "unpickling them runs code from the file; it is not loaded. If you trust the "
+                f"file (your own older checkpoint), set {TRUST_ENV}=1."
+            ) from err
+        warnings.warn(f"{path}: loaded with weights_only=False because {TRUST_ENV}=1", stacklevel=3)
         return torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(

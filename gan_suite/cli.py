@@ -305,6 +305,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GanSuiteCLI:
     take, a refused option) removes the run directory it created: no empty runs are left.
     """
     _ACTIVE.clear()
+    # lightning 2.6 against torch 2.14: a deprecation inside Lightning, once per run, not ours
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)")
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _not_ours not in rank_zero_log.filters:
         rank_zero_log.addFilter(_not_ours)

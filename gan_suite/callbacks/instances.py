@@ -2,7 +2,8 @@
 
 :class:`InstanceNeighbourhoods` computes h_i = f(x_i) / ||f(x_i)|| for every training image
 (unaugmented) with the model's feature extractor f, and each instance's k nearest neighbours
-by cosine similarity (exact; the instance itself excluded, as the official code does), or
+by cosine similarity (exact by default, or through faiss: ``neighbour_search``; the instance
+itself excluded, as the official code does), or
 reads both from the feature cache; then hands them to the data module, whose loader workers
 serve (h_i, x_j) pairs (:class:`~datamodules.instances.NeighbourhoodDataset`), and to the
 model, for evaluation. Under DDP rank 0 computes and writes the cache (atomically, under a
@@ -18,7 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from gan_suite.eval.judge import fill_evaluator_cache, has_evaluator
-from gan_suite.eval.neighbours import extract_features, knn_cosine
+from gan_suite.eval.neighbours import extract_features, knn_search
 from gan_suite.utils import atomic_write, file_lock
 
 
@@ -27,7 +28,8 @@ class InstanceNeighbourhoods(L.Callback):
 
     Reads the model's ``k``, ``include_self``, ``feature_extractor``, ``feature_dim``,
     ``feature_cache`` (``auto`` = ``<run dir>/instance_features.pt``, a path, or None),
-    ``nn_chunk_size``, ``feature_batch_size`` and ``n_d_steps`` (neighbours drawn per item).
+    ``nn_chunk_size``, ``neighbour_search`` / ``neighbour_nlist`` / ``neighbour_nprobe``,
+    ``feature_batch_size`` and ``n_d_steps`` (neighbours drawn per item).
 
     Raises:
         ValueError: the data module cannot serve instances (it needs
@@ -63,6 +65,9 @@ class InstanceNeighbourhoods(L.Callback):
             "k": hp.k,
             "include_self": hp.include_self,
         }
+        search = hp.get("neighbour_search", "exact")
+        if search != "exact":  # (an exact search's key stays as before: its caches stay valid)
+            key["search"] = [search, hp.get("neighbour_nlist"), hp.get("neighbour_nprobe", 16)]
         if cache is None:
             stored = self._compute(pl_module, dataset, key)  # every rank: deterministic
         else:
@@ -113,8 +118,15 @@ class InstanceNeighbourhoods(L.Callback):
             pl_module.feature_net(), dataset, hp.feature_batch_size, pl_module.device
         )
         pl_module.embed_instances(dataset[0]["image"][None])  # checks feature_dim
-        nn_idx = knn_cosine(
-            feats, hp.k, chunk_size=hp.nn_chunk_size, include_self=hp.include_self, normalized=True
+        nn_idx = knn_search(
+            feats,
+            hp.k,
+            search=hp.get("neighbour_search", "exact"),
+            chunk_size=hp.nn_chunk_size,
+            nlist=hp.get("neighbour_nlist"),
+            nprobe=hp.get("neighbour_nprobe", 16),
+            include_self=hp.include_self,
+            normalized=True,
         )
         return {
             "key": key,

@@ -19,6 +19,13 @@ k + 1 nearest neighbours of every training instance (faiss ``IndexFlatL2`` on th
 features, the same order as cosine similarity) and deletes the instance itself from its list,
 so A_i is the k nearest *other* instances. ``include_self=False`` (default) does the same;
 ``include_self=True`` keeps x_i in A_i instead, first even if duplicates tie with it.
+
+Larger sets: :func:`knn_faiss` searches through faiss (the library the official code uses),
+either exactly (``faiss_flat``: ``IndexFlatIP`` on the normalised features, the same neighbours
+as :func:`knn_cosine` up to float ties, but without the symmetry saving: 2 N^2 D flops instead
+of N^2 D) or approximately (``faiss_ivf``: an inverted file of ``nlist`` k-means cells, of which
+``nprobe`` are scanned per query; recall < 1, cost ~ nprobe / nlist of the exact search plus
+the k-means training). :func:`knn_search` picks one by the model's ``neighbour_search``.
 """
 
 from __future__ import annotations
@@ -139,6 +146,141 @@ def neighbour_similarities(features: Tensor, indices: Tensor, rows: Tensor) -> T
     """
     x = F.normalize(features.double(), dim=1)
     return torch.einsum("rd,rkd->rk", x[rows], x[indices[rows]])
+
+
+# ------------------------------------------------------------------ faiss (optional)
+NEIGHBOUR_SEARCHES = ("exact", "faiss_flat", "faiss_ivf")
+
+
+def import_faiss(option: str = "neighbour_search"):
+    """The ``faiss`` module, or an ImportError that says which option needs it and how to get it."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError(
+            f"{option}=faiss_flat/faiss_ivf needs faiss: pip install faiss-cpu (or "
+            f"pip install 'gan-suite[ann]'), or set {option}=exact"
+        ) from err
+    return faiss
+
+
+def default_nlist(n: int) -> int:
+    """IVF cells for n vectors: ~sqrt(n) (faiss's guideline is 4 sqrt(n) to 16 sqrt(n) for
+    millions; at 10^4-10^5 vectors of 2048 dims, sqrt(n) keeps the k-means training at a few
+    seconds), and at least 39 training points per cell (faiss warns below that)."""
+    return max(1, min(round(n**0.5), n // 39))
+
+
+@torch.no_grad()
+def knn_faiss(
+    features: Tensor,
+    k: int,
+    *,
+    index: str = "flat",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    include_self: bool = False,
+    normalized: bool = False,
+) -> Tensor:
+    """:func:`knn_cosine` through faiss: inner product of the L2-normalised features (= cosine).
+
+    Args:
+        features: (N, D) features, any float dtype (searched in float32 on the CPU).
+        k: neighbours per instance.
+        index: ``flat`` (exact, ``IndexFlatIP``) or ``ivf`` (approximate, ``IndexIVFFlat``
+            with an inner-product k-means quantizer; its k-means is seeded, so the result is
+            the same on every run and rank).
+        nlist: IVF cells (default :func:`default_nlist`). nprobe: cells scanned per query.
+        include_self / normalized: as in :func:`knn_cosine`.
+
+    Returns:
+        (N, k) int64 indices, most similar first. Without ``include_self`` the instance is
+        dropped from its k + 1 results (the official code's rule) or, where an IVF probe
+        missed it, the (k + 1)-th result is.
+
+    Raises:
+        ImportError: faiss is not installed (names the option and ``pip install faiss-cpu``).
+        ValueError: bad shape, k, index, nlist or nprobe; or an IVF search that found fewer
+            than k neighbours for some instance (the message says to raise nprobe).
+    """
+    if index not in ("flat", "ivf"):
+        raise ValueError(f"index={index!r}: expected 'flat' or 'ivf'")
+    faiss = import_faiss()
+    x = _normalised(features, normalized).detach().cpu().contiguous().numpy()
+    n, dim = x.shape
+    _check_k(n, k, include_self)
+    if index == "flat":
+        search = faiss.IndexFlatIP(dim)
+    else:
+        nlist = default_nlist(n) if nlist is None else nlist
+        if not 1 <= nlist <= n or nprobe < 1:
+            raise ValueError(
+                f"neighbour_nlist={nlist}, neighbour_nprobe={nprobe}: need 1 <= nlist <= "
+                f"{n} (the number of features) and nprobe >= 1"
+            )
+        search = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        search.cp.seed = 0  # deterministic k-means: every DDP rank builds the same cells
+        search.train(x)
+        search.nprobe = min(nprobe, nlist)
+    search.add(x)
+    _, found = search.search(x, min(k + 1, n))
+    idx = torch.from_numpy(found).long()  # (N, k + 1); -1 where an IVF probe found too few
+    rows = torch.arange(n)[:, None]
+    is_self = idx == rows
+    if include_self:  # self first, then the others in order
+        others = _drop_one_per_row(idx, is_self)
+        out = torch.cat([rows, others[:, : k - 1]], dim=1)
+    else:
+        out = _drop_one_per_row(idx, is_self)[:, :k]
+    if (out < 0).any():
+        short = int((out < 0).any(dim=1).sum())
+        raise ValueError(
+            f"faiss_ivf found fewer than k={k} neighbours for {short} of {n} instances "
+            f"(nlist={nlist}, nprobe={nprobe}): raise neighbour_nprobe or lower neighbour_nlist"
+        )
+    return out
+
+
+def _drop_one_per_row(idx: Tensor, is_self: Tensor) -> Tensor:
+    """(N, m) -> (N, m - 1): removes the instance itself where found, else the last column."""
+    drop = is_self.clone()
+    drop[~is_self.any(dim=1), -1] = True
+    return idx[~drop].view(idx.shape[0], idx.shape[1] - 1)
+
+
+def knn_search(
+    features: Tensor,
+    k: int,
+    *,
+    search: str = "exact",
+    chunk_size: int = 4096,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    include_self: bool = False,
+    normalized: bool = False,
+) -> Tensor:
+    """IC-GAN's neighbourhoods by the chosen ``search`` (one of :data:`NEIGHBOUR_SEARCHES`):
+    ``exact`` = :func:`knn_cosine` (torch), ``faiss_flat`` / ``faiss_ivf`` = :func:`knn_faiss`.
+
+    Returns (N, k) int64 indices on the features' device. Raises ValueError for an unknown
+    ``search`` (names the option), and whatever the chosen search raises.
+    """
+    if search == "exact":
+        return knn_cosine(
+            features, k, chunk_size=chunk_size, include_self=include_self, normalized=normalized
+        )
+    if search not in NEIGHBOUR_SEARCHES:
+        raise ValueError(f"neighbour_search={search!r}: expected one of {NEIGHBOUR_SEARCHES}")
+    out = knn_faiss(
+        features,
+        k,
+        index=search.removeprefix("faiss_"),
+        nlist=nlist,
+        nprobe=nprobe,
+        include_self=include_self,
+        normalized=normalized,
+    )
+    return out.to(features.device)
 
 
 # ------------------------------------------------------------------ instance features

@@ -25,6 +25,7 @@ from torch import Tensor
 from gan_suite.eval.features import EvaluatorFeatures
 from gan_suite.eval.judge import resolve_evaluator
 from gan_suite.eval.neighbours import (
+    NEIGHBOUR_SEARCHES,
     knn_cosine_query,
     load_resnet50_features,
 )
@@ -61,6 +62,11 @@ class ICGAN(GANModule):
         include_self: whether x_i belongs to its own neighbourhood A_i (no: the official code
             searches k + 1 neighbours and drops the instance itself).
         nn_chunk_size: block side of the exact k-NN search (memory chunk_size^2 floats).
+        neighbour_search: how A_i is found: ``exact`` (torch, bounded memory; the default),
+            ``faiss_flat`` (exact through faiss) or ``faiss_ivf`` (approximate, for large sets;
+            the official code uses faiss). faiss: ``pip install faiss-cpu`` or the ``ann`` extra.
+        neighbour_nlist: IVF cells for ``faiss_ivf`` (None = ~sqrt(N)).
+        neighbour_nprobe: IVF cells scanned per query for ``faiss_ivf`` (recall vs time).
         feature_batch_size: images per forward of the one-time feature pass.
         feature_cache: ``.pt`` file for the features and neighbours of the training set
             (reused when it matches), ``auto`` = ``<run dir>/instance_features.pt``, or None.
@@ -94,6 +100,9 @@ class ICGAN(GANModule):
         k: int = 50,
         include_self: bool = False,
         nn_chunk_size: int = 4096,
+        neighbour_search: str = "exact",
+        neighbour_nlist: int | None = None,
+        neighbour_nprobe: int = 16,
         feature_batch_size: int = 256,
         feature_cache: str | None = None,
         gan_mode: str = "hinge",
@@ -113,6 +122,10 @@ class ICGAN(GANModule):
             raise ValueError(
                 f"feature_extractor={feature_extractor!r}: expected one of "
                 f"{sorted(FEATURE_EXTRACTORS)}"
+            )
+        if neighbour_search not in NEIGHBOUR_SEARCHES:
+            raise ValueError(
+                f"neighbour_search={neighbour_search!r}: expected one of {NEIGHBOUR_SEARCHES}"
             )
         feature_dim = feature_dim or FEATURE_EXTRACTORS[feature_extractor]
         self.save_hyperparameters()

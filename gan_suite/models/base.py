@@ -30,7 +30,7 @@ from torch import Tensor
 
 from gan_suite.eval.metrics import Translation, two_way_translations
 from gan_suite.losses import check_finite, nonfinite_terms
-from gan_suite.models import checks
+from gan_suite.models import checks, speed
 from gan_suite.models.phases import Phase, check_phases
 from gan_suite.nets.sizes import InputSizes
 from gan_suite.utils.rng_state import collect_rng_states, restore_rng_states
@@ -48,10 +48,15 @@ class GANModule(L.LightningModule):
     rank draws its own noise and samples (``seed_everything`` gives all ranks the same seed).
     """
 
-    def __init__(self, channels_last: bool = False) -> None:
+    def __init__(
+        self, channels_last: bool = False, compile: bool = False, adam_impl: str = "auto"
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.channels_last = channels_last
+        # speed switches (gan_suite.models.speed): nets compiled at setup; Adam's kernel
+        self.compile_nets = compile
+        self.adam_impl = speed.check_adam_impl(adam_impl)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._phases: dict[str, Phase] | None = None
         self._disabled_phases: set[str] = set()
@@ -186,6 +191,8 @@ class GANModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+        if self.compile_nets:
+            speed.compile_nets(self, **self.compile_options)
         trainer = self._trainer
         if stage == "fit" and trainer is not None and trainer.world_size > 1:
             # one place for per-rank streams: noise, neighbour rows, patch pairs, ...
@@ -236,6 +243,15 @@ class GANModule(L.LightningModule):
             )
 
     _budget_checked: bool = False
+
+    #: keyword arguments of ``torch.compile`` when ``compile`` is on (default: inductor, the
+    #: default mode); a test or a benchmark may set e.g. ``{"backend": "aot_eager"}``
+    compile_options: dict = {}
+
+    def adam(self, params, **kwargs) -> torch.optim.Adam:
+        """``torch.optim.Adam(params, **kwargs)`` with the ``adam_impl`` option's kernel
+        (:func:`gan_suite.models.speed.adam_kwargs`): every paper's Adam is built here."""
+        return speed.make_adam(params, self.adam_impl, **kwargs)
 
     def prepare_images(self, x: Tensor) -> Tensor:
         """Put an input batch in the memory format the nets were converted to."""

@@ -356,9 +356,7 @@ class BDL(CycleGAN):
             momentum=hp.seg_momentum,
             weight_decay=hp.seg_weight_decay,
         )
-        opt_dout = torch.optim.Adam(
-            self.D_out.parameters(), lr=hp.d_out_lr, betas=tuple(hp.d_out_betas)
-        )
+        opt_dout = self.adam(self.D_out.parameters(), lr=hp.d_out_lr, betas=tuple(hp.d_out_betas))
         rules = (self._translator_factor, self._translator_factor, self._poly, self._poly)
         scheds = [
             {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, r), "interval": "step"}

@@ -165,7 +165,7 @@ class ConditionalGANBase(GANModule):
             raise ValueError(f"optimizer={hp.optimizer!r}: expected 'sgd' (paper) or 'adam'")
         if hp.optimizer == "adam":
             opts = [
-                torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.adam_betas))
+                self.adam(net.parameters(), lr=hp.lr, betas=tuple(hp.adam_betas))
                 for net in (self.G, self.D)
             ]
             return opts
@@ -216,6 +216,11 @@ class CGAN(ConditionalGANBase):
         parzen_samples_per_class: samples per class of the Parzen-window estimate the
             Evaluation callback computes (1000; 0: none).
         eval_seed: seed of the evaluation noise (the same z at every evaluation).
+        channels_last: run the nets in channels_last memory format.
+        compile: ``torch.compile`` each net in place at setup (see
+            :mod:`gan_suite.models.speed`; on CPU it needs a C++ compiler).
+        adam_impl: Adam kernel when ``optimizer: adam``: ``auto`` (fused where torch has
+            one), ``for-loop``, ``foreach`` or ``fused``.
     """
 
     sample_panels_names = ("rows: z, columns: class y",)
@@ -257,8 +262,10 @@ class CGAN(ConditionalGANBase):
         parzen_samples_per_class: int = 1000,
         eval_seed: int = 0,
         channels_last: bool = False,
+        compile: bool = False,
+        adam_impl: str = "auto",
     ) -> None:
-        super().__init__(channels_last=channels_last)
+        super().__init__(channels_last=channels_last, compile=compile, adam_impl=adam_impl)
         self.save_hyperparameters()
         if arch not in ARCHS:
             raise ValueError(f"arch={arch!r}: expected one of {', '.join(ARCHS)}")

@@ -43,6 +43,7 @@ class CGANVectors(ConditionalGANBase):
         g_init_range, d_init_range, optimizer, lr, lr_decay_factor, min_lr, momentum,
         final_momentum, momentum_start_epoch, momentum_saturate_epoch, adam_betas: as CGAN.
         samples_per_item (100), k_nearest (20), top_words (10), eval_seed.
+        compile, adam_impl: as CGAN.
     """
 
     def __init__(
@@ -75,8 +76,10 @@ class CGANVectors(ConditionalGANBase):
         k_nearest: int = 20,
         top_words: int = 10,
         eval_seed: int = 0,
+        compile: bool = False,
+        adam_impl: str = "auto",
     ) -> None:
-        super().__init__()
+        super().__init__(compile=compile, adam_impl=adam_impl)
         self.save_hyperparameters()
         self.G = init_uniform(
             ConditionalMLPGenerator(

@@ -49,6 +49,12 @@ class CycleGAN(TwoDomainTranslator):
         init_type: weight initialisation (``normal`` = N(0, init_gain)).
         init_gain: standard deviation of the initial weights (0.02).
         channels_last: run the nets in channels_last memory format (faster on GPUs).
+        compile: ``torch.compile`` each net in place at setup (see
+            :mod:`gan_suite.models.speed`; on CPU it needs a C++ compiler).
+        adam_impl: Adam kernel: ``auto`` (fused where torch has one), ``for-loop``,
+            ``foreach`` or ``fused``.
+        gradient_checkpointing: recompute the generators' residual blocks in the backward
+            pass instead of storing their activations (less memory, same results).
     """
 
     def __init__(
@@ -72,11 +78,15 @@ class CycleGAN(TwoDomainTranslator):
         init_type: str = "normal",
         init_gain: float = 0.02,
         channels_last: bool = False,
+        compile: bool = False,
+        adam_impl: str = "auto",
+        gradient_checkpointing: bool = False,
     ) -> None:
-        super().__init__(channels_last=channels_last)
+        super().__init__(channels_last=channels_last, compile=compile, adam_impl=adam_impl)
         self.save_hyperparameters()
-        self.G_AB = ResnetGenerator(in_channels, out_channels, ngf, n_blocks, norm)
-        self.G_BA = ResnetGenerator(out_channels, in_channels, ngf, n_blocks, norm)
+        gc = {"gradient_checkpointing": gradient_checkpointing}
+        self.G_AB = ResnetGenerator(in_channels, out_channels, ngf, n_blocks, norm, **gc)
+        self.G_BA = ResnetGenerator(out_channels, in_channels, ngf, n_blocks, norm, **gc)
         self.D_A = PatchDiscriminator(in_channels, ndf, n_layers_d, norm)
         self.D_B = PatchDiscriminator(out_channels, ndf, n_layers_d, norm)
         for net in (self.G_AB, self.G_BA, self.D_A, self.D_B):
@@ -173,10 +183,10 @@ class CycleGAN(TwoDomainTranslator):
     def translator_optimizers(self) -> tuple[torch.optim.Adam, torch.optim.Adam]:
         """Adam of both generators and Adam of both discriminators (``lr``, ``betas``)."""
         hp = self.hparams
-        opt_g = torch.optim.Adam(
+        opt_g = self.adam(
             [*self.G_AB.parameters(), *self.G_BA.parameters()], lr=hp.lr, betas=tuple(hp.betas)
         )
-        opt_d = torch.optim.Adam(
+        opt_d = self.adam(
             [*self.D_A.parameters(), *self.D_B.parameters()], lr=hp.lr, betas=tuple(hp.betas)
         )
         return opt_g, opt_d

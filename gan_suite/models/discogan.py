@@ -76,6 +76,10 @@ class DiscoGAN(TwoDomainTranslator):
         init_type: weight initialisation (``normal`` = N(0, init_gain), the DCGAN convention).
         init_gain: standard deviation of the initial weights (0.02).
         channels_last: run the nets in channels_last memory format (faster on GPUs).
+        compile: ``torch.compile`` each net in place at setup (see
+            :mod:`gan_suite.models.speed`; on CPU it needs a C++ compiler).
+        adam_impl: Adam kernel: ``auto`` (fused where torch has one), ``for-loop``,
+            ``foreach`` or ``fused``.
     """
 
     def __init__(
@@ -98,8 +102,10 @@ class DiscoGAN(TwoDomainTranslator):
         init_type: str = "normal",
         init_gain: float = 0.02,
         channels_last: bool = False,
+        compile: bool = False,
+        adam_impl: str = "auto",
     ) -> None:
-        super().__init__(channels_last=channels_last)
+        super().__init__(channels_last=channels_last, compile=compile, adam_impl=adam_impl)
         if recon_distance not in RECON_DISTANCES:
             raise ValueError(
                 f"recon_distance={recon_distance!r}: expected one of {', '.join(RECON_DISTANCES)}"
@@ -237,8 +243,6 @@ class DiscoGAN(TwoDomainTranslator):
 
         def adam(*nets):
             params = [p for net in nets for p in net.parameters()]
-            return torch.optim.Adam(
-                params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
-            )
+            return self.adam(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
 
         return [adam(self.G_AB, self.G_BA), adam(self.D_A, self.D_B)]

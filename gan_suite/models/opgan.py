@@ -303,7 +303,7 @@ class OPGAN(CycleGAN):
     def configure_optimizers(self):
         optimizers, schedulers = super().configure_optimizers()  # [opt_g, opt_d]
         hp = self.hparams
-        opt_s = torch.optim.Adam(self.S.parameters(), lr=hp.siamese_lr, betas=tuple(hp.betas))
+        opt_s = self.adam(self.S.parameters(), lr=hp.siamese_lr, betas=tuple(hp.betas))
 
         def rule(epoch: int) -> float:
             return linear_decay_factor(epoch, hp.n_epochs_constant, hp.n_epochs_decay)

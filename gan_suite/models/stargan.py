@@ -104,6 +104,12 @@ class StarGAN(GANModule):
         eval_attributes: translate each evaluation input once per attribute (A translations
             per image) - the official test protocol.
         channels_last: convert the nets to channels_last memory format.
+        compile: ``torch.compile`` each net in place at setup (see
+            :mod:`gan_suite.models.speed`; on CPU it needs a C++ compiler).
+        adam_impl: Adam kernel: ``auto`` (fused where torch has one), ``for-loop``,
+            ``foreach`` or ``fused``.
+        gradient_checkpointing: recompute the generators' residual blocks in the backward
+            pass instead of storing their activations (less memory, same results).
 
     Raises:
         ValueError: unknown names in ``exclusive_groups``, or an image size D cannot take.
@@ -133,8 +139,11 @@ class StarGAN(GANModule):
         n_iterations_decay: int = 100_000,
         label_kind: str = "attributes",
         channels_last: bool = False,
+        compile: bool = False,
+        adam_impl: str = "auto",
+        gradient_checkpointing: bool = False,
     ) -> None:
-        super().__init__(channels_last=channels_last)
+        super().__init__(channels_last=channels_last, compile=compile, adam_impl=adam_impl)
         if label_kind not in ("attributes", "class"):
             raise ValueError(f"label_kind={label_kind!r}: expected 'attributes' or 'class'")
         if attributes is None:
@@ -164,7 +173,7 @@ class StarGAN(GANModule):
         check_discriminator_size(image_size, d_repeat_num)
         self.exclusive_index = [[attributes.index(a) for a in g] for g in exclusive_groups]
         c_dim = len(attributes)
-        self.G = StarGANGenerator(c_dim, g_conv_dim, g_repeat_num, channels)
+        self.G = StarGANGenerator(c_dim, g_conv_dim, g_repeat_num, channels, gradient_checkpointing)
         self.D = StarGANDiscriminator(
             image_size, c_dim, d_conv_dim, d_repeat_num, channels, match_head=self.match_head
         )
@@ -281,8 +290,8 @@ class StarGAN(GANModule):
     def configure_optimizers(self):
         hp = self.hparams
         opts = [
-            torch.optim.Adam(self.G.parameters(), lr=hp.g_lr, betas=(hp.beta1, hp.beta2)),
-            torch.optim.Adam(self.D.parameters(), lr=hp.d_lr, betas=(hp.beta1, hp.beta2)),
+            self.adam(self.G.parameters(), lr=hp.g_lr, betas=(hp.beta1, hp.beta2)),
+            self.adam(self.D.parameters(), lr=hp.d_lr, betas=(hp.beta1, hp.beta2)),
         ]
 
         def factor(iteration: int) -> float:

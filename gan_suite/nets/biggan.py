@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from gan_suite.nets.checkpointing import checkpoint_block
 from gan_suite.nets.sizes import InputSizes
 
 # BigGAN's architecture tables (BigGAN.py G_arch / D_arch): channel multipliers of ``ch`` per
@@ -137,6 +138,9 @@ class BigGANGenerator(nn.Module):
         feature_embed_dim: the shared SN-linear embedding of h (``shared_dim_feat``, 512).
         n_classes: 0 = instance-conditioned only; > 0 adds a class embedding (class-cond.).
         class_embed_dim: the shared class embedding (``shared_dim``, 128).
+        gradient_checkpointing: recompute each G block's activations in the backward pass
+            instead of keeping them (less memory, one more block forward; training only; BN
+            statistics and spectral-norm vectors are updated once, as without it).
 
     Input sizes (:meth:`input_sizes`): G generates exactly ``image_size`` px, so the real
     images D compares them with must have that size.
@@ -154,9 +158,11 @@ class BigGANGenerator(nn.Module):
         feature_embed_dim: int = 512,
         n_classes: int = 0,
         class_embed_dim: int = 128,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _check_size(image_size)
+        self.gradient_checkpointing = gradient_checkpointing
         self.image_size = image_size
         ins, outs = G_ARCH[image_size]
         slots = len(ins) + 1
@@ -208,7 +214,8 @@ class BigGANGenerator(nn.Module):
         chunks = torch.split(z[:, : self.z_dim], self.z_chunk, dim=1)
         x = self.linear(chunks[0]).view(z.shape[0], self.ch0, 4, 4)  # (N, C0, 4, 4)
         for block, z_i in zip(self.blocks, chunks[1:]):
-            x = block(x, torch.cat([shared, z_i], dim=1))  # hierarchical z per block
+            cond = torch.cat([shared, z_i], dim=1)  # hierarchical z per block
+            x = checkpoint_block(block, x, cond) if self.gradient_checkpointing else block(x, cond)
         return torch.tanh(self.out_conv(F.relu(self.out_bn(x))))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from gan_suite.nets.checkpointing import run_sequential
 from gan_suite.nets.norm import conv_bias, norm_layer
 from gan_suite.nets.sizes import InputSizes
 
@@ -44,6 +45,8 @@ class ResnetGenerator(nn.Module):
         norm: ``instance`` (paper), ``batch`` or ``none``.
         dropout: dropout inside the residual blocks (0 in CycleGAN).
         n_downsampling: stride-2 convs before the blocks (2 in the paper).
+        gradient_checkpointing: recompute each residual block's activations in the backward
+            pass instead of keeping them (less memory, one more block forward; training only).
 
     Input sizes (:meth:`input_sizes`): each side a multiple of 2**n_downsampling (else the
     upsampled output is not the input's size) and at least 2 * 2**n_downsampling px (the
@@ -60,9 +63,11 @@ class ResnetGenerator(nn.Module):
         norm: str = "instance",
         dropout: float = 0.0,
         n_downsampling: int = 2,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.n_downsampling, self.n_blocks = n_downsampling, n_blocks
+        self.gradient_checkpointing = gradient_checkpointing
         make_norm, bias = norm_layer(norm), conv_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -98,4 +103,6 @@ class ResnetGenerator(nn.Module):
         return InputSizes(min_size=max(4, bottleneck * step), multiple=step)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C_out, H, W)
+        if self.gradient_checkpointing:
+            return run_sequential(self.model, x, ResnetBlock)
         return self.model(x)

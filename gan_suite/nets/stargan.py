@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from gan_suite.nets.checkpointing import run_sequential
 from gan_suite.nets.sizes import InputSizes
 
 
@@ -59,6 +60,8 @@ class StarGANGenerator(nn.Module):
         conv_dim: channels of the first conv (64).
         repeat_num: residual blocks (6).
         channels: image channels (3).
+        gradient_checkpointing: recompute each residual block's activations in the backward
+            pass instead of keeping them (less memory, one more block forward; training only).
 
     Input sizes (:meth:`input_sizes`): sides that are multiples of 4 (two stride-2 stages, so
     the output has the input's size) from 8 px (InstanceNorm needs 2 x 2 px at the
@@ -66,9 +69,15 @@ class StarGANGenerator(nn.Module):
     """
 
     def __init__(
-        self, c_dim: int = 5, conv_dim: int = 64, repeat_num: int = 6, channels: int = 3
+        self,
+        c_dim: int = 5,
+        conv_dim: int = 64,
+        repeat_num: int = 6,
+        channels: int = 3,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = gradient_checkpointing
         ch = conv_dim
         layers: list[nn.Module] = [
             nn.Conv2d(channels + c_dim, ch, 7, padding=3, bias=False),
@@ -100,7 +109,10 @@ class StarGANGenerator(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """(N, C, H, W) images in [-1, 1], (N, c_dim) 0/1 targets -> (N, C, H, W) in [-1, 1]."""
         planes = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        return self.main(torch.cat([x, planes], dim=1))
+        x = torch.cat([x, planes], dim=1)
+        if self.gradient_checkpointing:
+            return run_sequential(self.main, x, StarGANResidualBlock)
+        return self.main(x)
 
 
 class StarGANDiscriminator(nn.Module):

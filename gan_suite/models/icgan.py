@@ -80,6 +80,12 @@ class ICGAN(GANModule):
         eval_samples_per_instance: samples per conditioning image at validation/test.
         n_sample_columns: samples per row of the sample grid.
         channels_last: run the nets in channels_last memory format.
+        compile: ``torch.compile`` each net in place at setup (see
+            :mod:`gan_suite.models.speed`; on CPU it needs a C++ compiler).
+        adam_impl: Adam kernel: ``auto`` (fused where torch has one), ``for-loop``,
+            ``foreach`` or ``fused``.
+        gradient_checkpointing: recompute G's BigGAN blocks in the backward pass instead of
+            storing their activations (less memory, same results).
     """
 
     sample_panels_names = ("instance | G(z, h(instance)) samples",)
@@ -116,8 +122,11 @@ class ICGAN(GANModule):
         eval_samples_per_instance: int = 1,
         n_sample_columns: int = 5,
         channels_last: bool = False,
+        compile: bool = False,
+        adam_impl: str = "auto",
+        gradient_checkpointing: bool = False,
     ) -> None:
-        super().__init__(channels_last=channels_last)
+        super().__init__(channels_last=channels_last, compile=compile, adam_impl=adam_impl)
         if feature_extractor not in FEATURE_EXTRACTORS:
             raise ValueError(
                 f"feature_extractor={feature_extractor!r}: expected one of "
@@ -131,7 +140,14 @@ class ICGAN(GANModule):
         self.save_hyperparameters()
         self.hparams.feature_dim = feature_dim
         self.G = BigGANGenerator(
-            image_size, z_dim, g_ch, feature_dim, feature_embed_dim, n_classes, class_embed_dim
+            image_size,
+            z_dim,
+            g_ch,
+            feature_dim,
+            feature_embed_dim,
+            n_classes,
+            class_embed_dim,
+            gradient_checkpointing=gradient_checkpointing,
         )
         self.D = BigGANDiscriminator(image_size, d_ch, feature_dim, n_classes)
         # A registered submodule: the EMA weights are saved in (and restored from) checkpoints
@@ -232,7 +248,8 @@ class ICGAN(GANModule):
     def _discriminator_step(self, opt_d, real: Tensor, h: Tensor, y: Tensor | None) -> None:
         """Hinge loss on (x_j, h_i) real and (G(z, h_i), h_i) fake, G fixed."""
         with self.toggled_optimizer(opt_d):
-            fake = self.G(self.sample_z(real.shape[0]), h, y).detach()
+            with torch.no_grad():  # G is fixed in this step: no graph through it
+                fake = self.G(self.sample_z(real.shape[0]), h, y)
             d_real, d_fake = self.D(real, h, y), self.D(fake, h, y)
             terms = {
                 "d_loss": discriminator_adv_loss(d_real, d_fake, self.hparams.gan_mode),
@@ -354,6 +371,6 @@ class ICGAN(GANModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt_g = torch.optim.Adam(self.G.parameters(), hp.g_lr, tuple(hp.betas), hp.adam_eps)
-        opt_d = torch.optim.Adam(self.D.parameters(), hp.d_lr, tuple(hp.betas), hp.adam_eps)
+        opt_g = self.adam(self.G.parameters(), lr=hp.g_lr, betas=tuple(hp.betas), eps=hp.adam_eps)
+        opt_d = self.adam(self.D.parameters(), lr=hp.d_lr, betas=tuple(hp.betas), eps=hp.adam_eps)
         return [opt_g, opt_d]

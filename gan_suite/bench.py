@@ -193,11 +193,34 @@ class _no_toggle:
 # ---------------------------------------------------------------- neighbours (IC-GAN)
 
 
-def _neighbours_child(n: int, dim: int, k: int, chunk: int, n_verify: int) -> dict:
-    """Runs in a fresh process, so ru_maxrss is the peak of this search alone."""
+def _matmul_gflops(side: int, dim: int, repeats: int = 3) -> float:
+    """The machine's own float32 matmul rate, best of ``repeats``: (side x dim) @ (dim x side),
+    the shape of one similarity block of the exact search."""
+    a, b = torch.randn(side, dim), torch.randn(dim, side)
+    a @ b  # warm-up (thread pool, allocator)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * side * side * dim / best / 1e9
+
+
+def _neighbours_child(
+    n: int,
+    dim: int,
+    k: int,
+    chunk: int,
+    n_verify: int,
+    searches: Sequence[str] = (),
+    nlist: int | None = None,
+    nprobe: int = 16,
+) -> dict:
+    """Runs in a fresh process, so ru_maxrss is the peak of this search alone (the exact
+    search runs first; the faiss searches of ``searches`` after the peak is read)."""
     import resource
 
-    from gan_suite.eval.neighbours import knn_cosine
+    from gan_suite.eval.neighbours import knn_cosine, knn_search
 
     def rss_mib() -> float:  # ru_maxrss is in KiB on Linux
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -228,7 +251,18 @@ def _neighbours_child(n: int, dim: int, k: int, chunk: int, n_verify: int) -> di
     ref_sim = torch.gather(sims, 1, ref)
     finite = torch.isfinite(ref_sim)
     max_diff = float((ours_sim - ref_sim)[finite].abs().max()) if finite.any() else 0.0
+    # the symmetric search does N^2 D multiply-adds' worth of matmul: 2 N^2 D / 2 flops
+    matmul = _matmul_gflops(min(chunk, n), dim)
+    faiss_runs = []
+    for search in searches:
+        start = time.perf_counter()
+        found = knn_search(feats, k, search=search, nlist=nlist, nprobe=nprobe)
+        hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found[rows], ref))
+        faiss_runs.append((search, time.perf_counter() - start, hits / ref.numel()))
     return {
+        "gflops": n * n * dim / seconds / 1e9,
+        "matmul_gflops": matmul,
+        "faiss": faiss_runs,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "peak_mib": peak,
@@ -243,13 +277,18 @@ def _neighbours_child(n: int, dim: int, k: int, chunk: int, n_verify: int) -> di
 def bench_neighbours(args: argparse.Namespace) -> None:
     """IC-GAN's k-NN search (gan_suite.eval.neighbours.knn_cosine): wall time and peak RSS of
     one exact search of N features against themselves, checked on a subsample against an
-    exact float64 search."""
+    exact float64 search; its matmul rate against the machine's own (one block's matmul,
+    timed alone); then each faiss search of ``--nn-search`` with its recall@k on the
+    subsample."""
     import multiprocessing
 
     n, dim, k, chunk = args.nn_n, args.nn_dim, args.nn_k, args.nn_chunk
     print(f"== neighbours: N={n} D={dim} k={k} chunk={chunk}, float32; {_machine()}")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        r = pool.apply(_neighbours_child, (n, dim, k, chunk, args.nn_verify))
+        r = pool.apply(
+            _neighbours_child,
+            (n, dim, k, chunk, args.nn_verify, args.nn_search, args.nn_nlist, args.nn_nprobe),
+        )
     print(
         f"   knn_cosine: {r['seconds']:.1f} s wall ({r['cpu_seconds']:.0f} s CPU: a wall time "
         "far above CPU / threads means other processes shared the cores)"
@@ -263,6 +302,18 @@ def bench_neighbours(args: argparse.Namespace) -> None:
         f"sets {r['same_sets']}/{r['n_verify']}, identical order {r['exact_order']}, max |sim "
         f"diff| {r['max_sim_diff']:.2g}"
     )
+    print(
+        f"   matmul rate: {r['gflops']:.0f} GFLOP/s (N^2 D flops: the upper triangle) vs "
+        f"{r['matmul_gflops']:.0f} GFLOP/s for one {min(chunk, n)}x{dim} block alone = "
+        f"{r['gflops'] / r['matmul_gflops']:.0%} of the machine's matmul limit (the rest: top-k "
+        "merges, block transposes)"
+    )
+    for search, seconds, recall in r["faiss"]:
+        ivf = f" (nlist={args.nn_nlist or 'sqrt N'}, nprobe={args.nn_nprobe})"
+        print(
+            f"   {search}{ivf if search == 'faiss_ivf' else ''}: {seconds:.1f} s wall, "
+            f"recall@{k} {recall:.3f} on the {r['n_verify']} rows"
+        )
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -289,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     nn.add_argument("--nn-k", type=int, default=50, help="neighbours per feature")
     nn.add_argument("--nn-chunk", type=int, default=4096, help="similarity block side")
     nn.add_argument("--nn-verify", type=int, default=200, help="rows checked by brute force")
+    nn.add_argument("--nn-search", nargs="*", default=[], help="also: faiss_flat faiss_ivf")
+    nn.add_argument("--nn-nlist", type=int, default=None, help="faiss_ivf cells (sqrt N)")
+    nn.add_argument("--nn-nprobe", type=int, default=16, help="faiss_ivf cells per query")
     args = parser.parse_args(argv)
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:

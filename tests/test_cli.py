@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,4 +145,19 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
     report = run_ddp_fit("cyclegan.yaml", TINY, tmp_path, "cyclegan")
     assert report["world_size"] == 2
     assert len(report["divergence"]) == 2 and max(report["divergence"]) < 1e-6
-    assert (report["run_dir"] / "checkpoints" / "last.ckpt").is_file()
+    last = report["run_dir"] / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    streams = state["gan_suite_rng_states"]  # one random state per rank, each its own
+    assert len(streams) == 2 and not torch.equal(streams[0]["torch"], streams[1]["torch"])
+
+    # the DDP run resumed in its directory: both ranks continue, in step, for one more epoch
+    env = {**os.environ, "PYTHONPATH": str(EXPERIMENTS.parent), "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    cmd = [sys.executable, "-m", "gan_suite.cli", "fit", "--resume", str(report["run_dir"]),
+           "--trainer.max_epochs=3"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = json.loads((report["run_dir"] / "ddp_check.json").read_text())
+    assert len(resumed["divergence"]) == 1 and resumed["divergence"][0] < 1e-6
+    state = torch.load(last, weights_only=True)
+    assert int(state["state_dict"]["iteration"]) == 3 * 2  # 2 batches an epoch, 3 epochs

@@ -323,3 +323,13 @@ def test_cli_fast_dev_run_then_test_writes_the_metrics():
     assert metrics["parzen_ll"]["n_samples"] == 50 and "sigma" in metrics["parzen_ll"]
     assert metrics["class_acc_shuffled"]["n_images"] == 40
     assert (run_dir / "report.html").is_file()
+
+
+def test_ddp_two_processes_keep_identical_weights(tmp_path):
+    from cli_helpers import run_ddp_fit
+
+    no_eval = [a for a in TINY if not a.startswith("--trainer.callbacks")]
+    args = [*no_eval, "--trainer.callbacks=[]", "--test_after_fit=false"]
+    report = run_ddp_fit("cgan.yaml", args, tmp_path, "cgan")
+    assert report["world_size"] == 2
+    assert len(report["divergence"]) == 2 and max(report["divergence"]) < 1e-6

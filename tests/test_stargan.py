@@ -489,6 +489,17 @@ def test_matchgan_ddp_two_processes_keep_identical_weights_on_their_own_batches(
     assert ranks[0]["index"] != ranks[1]["index"]
 
 
+def test_stargan_ddp_two_processes_keep_identical_weights(tmp_path):
+    """StarGAN itself (WGAN-GP's double backward, the classification head) under 2-process
+    DDP: after each epoch both ranks hold the same G and D."""
+    from cli_helpers import run_ddp_fit
+
+    args = [a for a in _tiny_cli("stargan")[3:] if not a.startswith("--trainer.callbacks")]
+    args += ["--model.init_args.n_critic=1", "--test_after_fit=false", "--trainer.callbacks=[]"]
+    report = run_ddp_fit("stargan.yaml", args, tmp_path, "stargan")
+    assert report["world_size"] == 2 and max(report["divergence"]) < 1e-6
+
+
 def test_bad_crop_and_unreadable_list_name_the_option(tmp_path):
     from test_labelled import make_celeba
 

@@ -3,7 +3,8 @@
 Sections are registered in ``SECTIONS`` (name -> function taking the parsed options); with no
 section named, all of them run. ``make bench`` runs them all.
 
-    python -m gan_suite.bench fid --n-images 64 --batch-size 32 --repeats 1
+    python -m gan_suite.bench fid --n-images 64 --batch-size 32 --fid-repeats 1
+    python -m gan_suite.bench train cyclegan --papers cyclegan --sizes 128 --batch-sizes 1 4
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+
+from gan_suite.bench_loop import PLAIN_VARIANTS, bench_cyclegan
+from gan_suite.bench_train import add_arguments, bench_memory, bench_train
 
 
 def _machine() -> str:
@@ -107,7 +111,7 @@ def bench_fid(args: argparse.Namespace) -> None:
         # it once per evaluation). Rounds alternate the tools and the best time of each is kept,
         # so load from other processes on a shared machine biases neither.
         t_ours = t_theirs = t_feat = float("inf")
-        for _ in range(args.repeats):
+        for _ in range(args.fid_repeats):
             ours, t, tf = run_ours()
             t_ours, t_feat = min(t_ours, t), min(t_feat, tf)
             theirs, t = run_theirs()
@@ -133,61 +137,6 @@ def bench_fid(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- registry and entry point
-
-
-def _time_steps(step: Callable[[], None], n: int) -> float:
-    """Seconds per call of ``step``, after one untimed warm-up call."""
-    step()
-    start = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - start) / n
-
-
-def bench_cyclegan(args: argparse.Namespace) -> None:
-    """CycleGAN training-step time (G step + D step with history buffer) at the quick preset's
-    and the paper's sizes, fp32 vs channels_last, through the module's own step methods."""
-    from gan_suite.callbacks import HistoryBuffer
-    from gan_suite.models.cyclegan import CycleGAN
-
-    print(f"== cyclegan training step ({_machine()})")
-    configs = [
-        ("quick  32px ngf16 3 blocks, batch 4", dict(ngf=16, n_blocks=3, ndf=16), 32, 4, 20),
-        ("paper 256px ngf64 9 blocks, batch 1", {}, 256, 1, args.paper_steps),
-    ]
-    for label, kwargs, size, batch, steps in configs:
-        for channels_last in (False, True):
-            model = CycleGAN(channels_last=channels_last, **kwargs)
-            model.setup("fit")
-            model.history = HistoryBuffer(50)
-            opt_g, opt_d = (o for o in model.configure_optimizers()[0])
-            # bypass the Trainer: time the step methods themselves
-            model.toggled_optimizer = _no_toggle
-            model.manual_backward = lambda loss: loss.backward()
-            model.log_terms = lambda *a, **k: None
-            a = model.prepare_images(torch.rand(batch, 3, size, size) * 2 - 1)
-            b = model.prepare_images(torch.rand(batch, 3, size, size) * 2 - 1)
-
-            def step(model=model, a=a, b=b, opt_g=opt_g, opt_d=opt_d) -> None:
-                fake_A, fake_B = model._generator_step(opt_g, a, b)
-                model._discriminator_step(opt_d, a, b, fake_A, fake_B)
-
-            sec = _time_steps(step, steps)
-            fmt = "channels_last" if channels_last else "contiguous  "
-            print(f"  {label}  {fmt}: {sec * 1000:8.1f} ms/step  {batch / sec:7.1f} img/s")
-
-
-class _no_toggle:
-    """Stand-in for LightningModule.toggled_optimizer outside a Trainer."""
-
-    def __init__(self, optimizer) -> None:
-        self.optimizer = optimizer
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 # ---------------------------------------------------------------- neighbours (IC-GAN)
@@ -318,7 +267,9 @@ def bench_neighbours(args: argparse.Namespace) -> None:
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "fid": bench_fid,
+    "train": bench_train,
     "cyclegan": bench_cyclegan,
+    "memory": bench_memory,
     "neighbours": bench_neighbours,
 }
 
@@ -330,10 +281,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     fid = parser.add_argument_group("fid")
     fid.add_argument("--n-images", type=int, default=64, help="real and fake images, each")
     fid.add_argument("--batch-size", type=int, default=32, help="images per forward, both tools")
-    fid.add_argument("--repeats", type=int, default=1, help="alternating timed rounds, best kept")
+    fid.add_argument(
+        "--fid-repeats", type=int, default=1, help="alternating timed rounds, best kept"
+    )
     fid.add_argument("--image-size", type=int, default=64, help="side of the square images, px")
-    cyc = parser.add_argument_group("cyclegan")
-    cyc.add_argument("--paper-steps", type=int, default=1, help="timed steps at 256px")
+    add_arguments(parser)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(PLAIN_VARIANTS),
+        choices=list(PLAIN_VARIANTS),
+        help="cyclegan section: the switches compared (suite and plain loop)",
+    )
     nn = parser.add_argument_group("neighbours")
     nn.add_argument("--nn-n", type=int, default=100_000, help="features searched")
     nn.add_argument("--nn-dim", type=int, default=2048, help="feature dimension")

@@ -163,7 +163,7 @@ def _neighbours_child(
     n_verify: int,
     searches: Sequence[str] = (),
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int = 4,
 ) -> dict:
     """Runs in a fresh process, so ru_maxrss is the peak of this search alone (the exact
     search runs first; the faiss searches of ``searches`` after the peak is read)."""
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     nn.add_argument("--nn-verify", type=int, default=200, help="rows checked by brute force")
     nn.add_argument("--nn-search", nargs="*", default=[], help="also: faiss_flat faiss_ivf")
     nn.add_argument("--nn-nlist", type=int, default=None, help="faiss_ivf cells (sqrt N)")
-    nn.add_argument("--nn-nprobe", type=int, default=16, help="faiss_ivf cells per query")
+    nn.add_argument("--nn-nprobe", type=int, default=4, help="faiss_ivf cells per query")
     args = parser.parse_args(argv)
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:

@@ -67,7 +67,7 @@ class InstanceNeighbourhoods(L.Callback):
         }
         search = hp.get("neighbour_search", "exact")
         if search != "exact":  # (an exact search's key stays as before: its caches stay valid)
-            key["search"] = [search, hp.get("neighbour_nlist"), hp.get("neighbour_nprobe", 16)]
+            key["search"] = [search, hp.get("neighbour_nlist"), hp.get("neighbour_nprobe", 4)]
         if cache is None:
             stored = self._compute(pl_module, dataset, key)  # every rank: deterministic
         else:
@@ -124,7 +124,7 @@ class InstanceNeighbourhoods(L.Callback):
             search=hp.get("neighbour_search", "exact"),
             chunk_size=hp.nn_chunk_size,
             nlist=hp.get("neighbour_nlist"),
-            nprobe=hp.get("neighbour_nprobe", 16),
+            nprobe=hp.get("neighbour_nprobe", 4),
             include_self=hp.include_self,
             normalized=True,
         )

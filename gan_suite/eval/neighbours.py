@@ -178,7 +178,7 @@ def knn_faiss(
     *,
     index: str = "flat",
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int = 4,
     include_self: bool = False,
     normalized: bool = False,
 ) -> Tensor:
@@ -255,7 +255,7 @@ def knn_search(
     search: str = "exact",
     chunk_size: int = 4096,
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int = 4,
     include_self: bool = False,
     normalized: bool = False,
 ) -> Tensor:

@@ -52,7 +52,7 @@ def run_ddp_fit(
         sys.executable, "-m", "gan_suite.cli", "fit",
         "--config", str(EXPERIMENTS / config), *args,
         "--config", str(EXPERIMENTS / "presets" / "ddp.yaml"),
-        "--trainer.devices=2", "--trainer.accelerator=cpu",
+        "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
         "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1", "--run_id=ddp",
         f"--trainer.callbacks+={check}", *cpu_bn,

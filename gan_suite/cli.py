@@ -93,7 +93,8 @@ def _class_name(cfg_node) -> str:
 def _is_spawned_rank() -> bool:
     """Lightning's DDP launcher re-runs this command for ranks > 0 with LOCAL_RANK set: those
     processes must join rank 0's run directory rather than make their own."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    ranks = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")  # Lightning, torchrun, SLURM
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ranks)
 
 
 def resolve_run_dir(
@@ -104,6 +105,8 @@ def resolve_run_dir(
         return Path(os.environ[RUN_DIR_ENV])
     if run_id is None and os.environ.get("TORCHELASTIC_RUN_ID"):
         run_id = "elastic-" + os.environ["TORCHELASTIC_RUN_ID"]  # same on every torchrun rank
+    elif run_id is None and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        run_id = "slurm-" + os.environ.get("SLURM_JOB_ID", "job")  # same on every srun task
     if subcommand != "fit" and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         base = Path(ckpt_path).resolve().parent.parent
         return base / f"{subcommand}-{run_id or new_run_id()}"

@@ -192,3 +192,16 @@ def test_the_wandb_api_key_is_written_nowhere(monkeypatch):
     for path in run.rglob("*"):  # ... and no file of the run holds the key
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_every_rank_of_a_torchrun_or_slurm_job_joins_one_run_directory(monkeypatch):
+    from gan_suite.cli import _is_spawned_rank, resolve_run_dir
+
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert resolve_run_dir("runs", "cyclegan", None, "fit", None) == Path("runs/cyclegan/slurm-77")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    assert resolve_run_dir("runs", "cyclegan", None, "fit", None).name == "elastic-abc"
+    assert not _is_spawned_rank()
+    monkeypatch.setenv("RANK", "3")  # a torchrun rank on another node: LOCAL_RANK 0 there
+    assert _is_spawned_rank()

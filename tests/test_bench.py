@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from gan_suite import bench
+from gan_suite import bench, bench_train
 from gan_suite.bench_loop import PlainCycleGAN, family_profile, op_family
 from gan_suite.bench_train import TRAIN_HEADER, format_table, machine_matmul_gflops
 
@@ -48,7 +48,11 @@ def test_plain_cyclegan_iteration_trains_both_nets():
     assert not torch.equal(d, d0)  # D's Adam step ran
 
 
-def test_train_section_prints_the_table(capsys):
+def test_train_section_prints_the_table(capsys, monkeypatch):
+    # in this process: a spawned child would spend ~15 s importing torch and lightning again
+    monkeypatch.setattr(
+        bench_train, "run_in_child", lambda fn, **kw: getattr(bench_train, fn)(**kw)
+    )
     assert bench.main(["train", "--papers", "cgan", "--batch-sizes", "4", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| paper"))

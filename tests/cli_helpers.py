@@ -32,6 +32,26 @@ TINY_TWO_DOMAIN = [
 ]
 
 
+# tiny nets of the other papers, shared by their own tests and the sweep tests
+TINY_CGAN_NETS = [
+    "--model.init_args.g_z_hidden=16",
+    "--model.init_args.g_cond_hidden=16",
+    "--model.init_args.g_joint_hidden=32",
+    "--model.init_args.d_x_units=8",
+    "--model.init_args.d_cond_units=4",
+    "--model.init_args.d_joint_units=8",
+    "--model.init_args.parzen_samples_per_class=5",
+]
+TINY_BDL_NETS = [
+    "--model.init_args.n_classes=5",
+    "--model.init_args.backbone_layers=[1, 1, 1, 1]",
+    "--model.init_args.ngf=4",
+    "--model.init_args.n_blocks=1",
+    "--model.init_args.ndf=4",
+    "--model.init_args.d_out_ndf=4",
+]
+
+
 def run_ddp_fit(
     config: str, args: list[str], cwd: Path, name: str, batchnorm: bool = False
 ) -> dict:

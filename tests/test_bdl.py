@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY_BDL_NETS
 from PIL import Image
 
 from datamodules import LabelError, SegmentationDataModule
@@ -346,12 +347,7 @@ def test_embedded_pairs_serve_the_source_masks_and_the_ceiling(shared_digits):
 
 # ------------------------------------------------------------------------------ CLI and DDP
 TINY_CLI = [
-    "--model.init_args.n_classes=5",
-    "--model.init_args.backbone_layers=[1, 1, 1, 1]",
-    "--model.init_args.ngf=4",
-    "--model.init_args.n_blocks=1",
-    "--model.init_args.ndf=4",
-    "--model.init_args.d_out_ndf=4",
+    *TINY_BDL_NETS,
     "--data.init_args.source=embedded",
     "--data.init_args.target=embedded",
     "--data.init_args.embedded={n_train: 12, n_test: 4, image_size: 32}",

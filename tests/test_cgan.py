@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY_CGAN_NETS
 
 from datamodules import DatasetLayoutError, VectorDataModule
 from gan_suite.cli import cli_main
@@ -291,13 +292,7 @@ def test_per_class_generation_and_sample_panels():
 
 # ---------------------------------------------------------------------------- CLI
 TINY = [
-    "--model.init_args.g_z_hidden=16",
-    "--model.init_args.g_cond_hidden=16",
-    "--model.init_args.g_joint_hidden=32",
-    "--model.init_args.d_x_units=8",
-    "--model.init_args.d_cond_units=4",
-    "--model.init_args.d_joint_units=8",
-    "--model.init_args.parzen_samples_per_class=5",
+    *TINY_CGAN_NETS,
     "--trainer.callbacks=[{class_path: gan_suite.callbacks.Evaluation, init_args: {n_images: 40}}]",
     "--data.init_args.batch_size=8",
     "--trainer.accelerator=cpu",

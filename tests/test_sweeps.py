@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from cli_helpers import CSV_LOGGER, EXPERIMENTS, TINY_TWO_DOMAIN
+from cli_helpers import CSV_LOGGER, EXPERIMENTS, TINY_BDL_NETS, TINY_CGAN_NETS, TINY_TWO_DOMAIN
 
 from gan_suite import sweep
 from gan_suite.callbacks.bdl_schedule import bdl_plan
@@ -63,13 +63,7 @@ TINY = {
         "--data.init_args.embedded={n_train: 12, n_test: 6, image_size: 64}",
     ],
     "cgan": [
-        "--model.init_args.g_z_hidden=16",
-        "--model.init_args.g_cond_hidden=16",
-        "--model.init_args.g_joint_hidden=32",
-        "--model.init_args.d_x_units=8",
-        "--model.init_args.d_cond_units=4",
-        "--model.init_args.d_joint_units=8",
-        "--model.init_args.parzen_samples_per_class=5",
+        *TINY_CGAN_NETS,
         "--data.init_args.batch_size=8",
     ],
     # the shapes scenes with class labels instead of the preset's 5,000 MNIST digits
@@ -91,12 +85,7 @@ TINY = {
         "--data.init_args.labelled_fraction=0.5",
     ],
     "bdl": [
-        "--model.init_args.n_classes=5",
-        "--model.init_args.backbone_layers=[1, 1, 1, 1]",
-        "--model.init_args.ngf=4",
-        "--model.init_args.n_blocks=1",
-        "--model.init_args.ndf=4",
-        "--model.init_args.d_out_ndf=4",
+        *TINY_BDL_NETS,
         # one batch an epoch, one epoch a stage: 4 steps of M0, F, M, SSL at K = N = 1
         "--data.init_args.embedded={n_train: 4, n_test: 2, image_size: 32}",
         "--data.init_args.source_size=[32, 32]",

@@ -8,6 +8,7 @@ data, split resolution, transforms, and the DataLoaders.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from gan_suite.utils.workers import worker_init
 
 from .catalog import check_embedded, materialize_embedded
 from .datasets import AlignedDataset, SingleDomainDataset
+from .decoded import DecodedCache, decoded_bytes, resolve_cache
 from .domain import Domain, load_labels
 from .io import option, require_dir
 from .publish import load_scenes
@@ -79,6 +81,14 @@ class SplitLoaders:
         if "train_generator" in state_dict:
             self.train_generator().set_state(state_dict["train_generator"])
 
+    def pins_memory(self) -> bool:
+        """``pin_memory``, or when it is None (auto), whether the trainer runs on a CUDA
+        device (page-locked batches copy to the GPU asynchronously; on CPU they only cost)."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def _loader(self, dataset: Dataset | None, name: str, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{name} dataset is not built; call setup() for its stage first")
@@ -91,7 +101,7 @@ class SplitLoaders:
             # the only batch of a dataset smaller than batch_size.
             drop_last=train and len(dataset) >= self.batch_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pins_memory(),
             persistent_workers=self.num_workers > 0 and self.persistent_workers,
             generator=generator,
             worker_init_fn=worker_init(self),  # workers ignore SIGTERM: the run saves first
@@ -132,7 +142,8 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         val_size: int = 8,
         seed: int = 0,
         embedded: dict[str, Any] | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        cache_images: bool | None = None,
     ) -> None:
         super().__init__()
         embedded = check_embedded(embedded)
@@ -145,7 +156,7 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         self.load_size, self.crop_size, self.flip = load_size, crop_size, flip
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_dataset_size, self.val_size = max_dataset_size, val_size
-        self.seed, self.pin_memory = seed, pin_memory
+        self.seed, self.pin_memory, self.cache_images = seed, pin_memory, cache_images
         self.embedded = dict(embedded or {})
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -153,7 +164,7 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         self.domains: dict[str, tuple[Domain, Domain]] = {}
         self.labels: dict[str, dict[str, int]] | None = None  # scenes.json labels, if any
         self._root: Path | None = None
-        self._checked: set[tuple[Path, ...]] = set()  # file lists already checked at setup
+        self._checked: dict[tuple[Path, ...], int] = {}  # checked file lists -> decoded bytes
 
     # ---------------------------------------------------------------- where the data lives
     def prepare_data(self) -> None:
@@ -219,8 +230,13 @@ class ImageDomainDataModule(SplitLoaders, L.LightningDataModule):
         # pix2pix's two halves share their files and are checked once.
         for domain in (a, b):
             if domain.paths not in self._checked:
-                domain.check()
-                self._checked.add(domain.paths)
+                sizes = domain.check()
+                masks = 0 if domain.masks is None else decoded_bytes(sizes, channels=1)
+                self._checked[domain.paths] = decoded_bytes(sizes) + masks
+        nbytes = sum(self._checked[paths] for paths in {a.paths, b.paths})
+        if resolve_cache(self.cache_images, nbytes, self.num_workers):
+            cache = DecodedCache()  # one per split: AB files read by both domains decode once
+            a, b = replace(a, cache=cache), replace(b, cache=cache)
         self.domains[split] = (a, b)
         return a, b
 

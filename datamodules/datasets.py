@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import Dataset
 
 from .domain import Domain, Sample
-from .io import read_rgb
 from .transforms import PAIR_IMAGE_KEY, PAIR_MASK_KEY, apply, draw_seed
 
 
@@ -111,7 +110,7 @@ class AlignedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         shared = self.domain_a.paths[index] == self.domain_b.paths[index]
-        decoded = read_rgb(self.domain_a.paths[index]) if shared else None
+        decoded = self.domain_a.read_image(index) if shared else None
         sample_a = self.domain_a.load(index, image=decoded)
         sample_b = self.domain_b.load(index, image=decoded)
         targets = {"image": sample_a.image, PAIR_IMAGE_KEY: sample_b.image}

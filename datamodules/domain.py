@@ -10,12 +10,13 @@ Side information is looked up beside the layout root, by split and file stem:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from .decoded import DecodedCache
 from .io import (
     DatasetLayoutError,
     check_images,
@@ -49,12 +50,15 @@ class Domain:
         masks: Mask file per image, or None when the dataset has no (complete) masks.
         labels: Class label per image, or None.
         half: For pix2pix ``AB`` images: which half of the side-by-side image this domain is.
+        cache: Decoded images and masks kept in memory (``cache_images``), or None to decode
+            every time.
     """
 
     paths: tuple[Path, ...]
     masks: tuple[Path, ...] | None = None
     labels: tuple[int, ...] | None = None
     half: Half = None
+    cache: DecodedCache | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,7 +74,7 @@ class Domain:
             labels=None if self.labels is None else self.labels[:n],
         )
 
-    def check(self) -> None:
+    def check(self) -> list[tuple[int, int]]:
         """Open every image's and mask's header (not the pixels) so that a broken, truncated
         or wrong-mode file, or a mask whose size differs from its image, fails here - at a
         data module's ``setup()`` - naming the file, instead of in the middle of an epoch.
@@ -79,17 +83,31 @@ class Domain:
             ImageReadError: A file that cannot be served (see ``io.probe_image``).
             DatasetLayoutError: A listed file is gone, or a mask's size differs from its
                 image's (both as displayed, EXIF orientation applied).
+
+        Returns:
+            The displayed ``(width, height)`` of every image, in order.
         """
         sizes = check_images(self.paths)
         if self.masks is not None:
             check_masks(self.paths, self.masks, sizes)
+        return sizes
+
+    def read_image(self, index: int) -> np.ndarray:
+        """The whole decoded file of item ``index``, ``(H, W, 3)`` uint8 (from the cache when
+        there is one; read-only then)."""
+        path = self.paths[index]
+        return read_rgb(path) if self.cache is None else self.cache.read(path, read_rgb)
 
     def load(self, index: int, image: np.ndarray | None = None) -> Sample:
         """Decode item ``index``; ``image`` lets a caller pass an already decoded file."""
         path = self.paths[index]
         if image is None:
-            image = read_rgb(path)
-        mask = None if self.masks is None else read_mask(self.masks[index])
+            image = self.read_image(index)
+        mask = None
+        if self.masks is not None:
+            mask_path = self.masks[index]
+            cache = self.cache
+            mask = read_mask(mask_path) if cache is None else cache.read(mask_path, read_mask)
         if self.half is not None:
             image = _split_half(image, self.half)
         if mask is not None and mask.shape != image.shape[:2]:

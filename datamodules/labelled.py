@@ -155,7 +155,8 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         domain: Embedded domain to serve: "A", "B", or "both" (adds a ``domain`` key);
             shapes: the style; digits: A = MNIST, B = UCI.
         masks: Serve the embedded semantic masks (``mask``) as well.
-        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
+        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies); None
+            (auto): when the trainer runs on a CUDA device.
         train_unlabelled: Serve the unlabelled training examples too (semi-supervised
             models); False trains on the labelled subset alone (a supervised baseline at
             that fraction, e.g. StarGAN beside MatchGAN).
@@ -180,7 +181,7 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
         normalize: str = "tanh",
         domain: str = "A",
         masks: bool = False,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         labelled_sampling: str = "stratified",
         labelled_list: str | None = None,
         batch_composition: str = "random",
@@ -383,7 +384,7 @@ class LabelledDataModule(SplitLoaders, L.LightningDataModule):
             self.train_set,
             batch_sampler=batches,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pins_memory(),
             persistent_workers=self.num_workers > 0,
             # the workers' base seed from the checkpointed generator, not the global stream
             generator=self.train_generator(),

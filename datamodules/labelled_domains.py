@@ -50,7 +50,11 @@ class DomainSplitDataModule(ImageDomainDataModule):
         embedded: The embedded dataset and its options (``datamodules.catalog``):
             ``dataset`` (shapes or faces) and that materialiser's options. Ignored when
             data_dir is set.
-        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
+        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies); None
+            (auto): when the trainer runs on a CUDA device.
+        cache_images: Keep decoded images (and masks) in memory after their first read, in
+            every loader process: True, False, or None (auto: when a split's decoded
+            images times the loader processes fit in 1 GiB).
     """
 
     layout_description = CELEBA_LAYOUT
@@ -68,7 +72,8 @@ class DomainSplitDataModule(ImageDomainDataModule):
         val_size: int = 8,
         seed: int = 0,
         embedded: dict[str, Any] | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        cache_images: bool | None = None,
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -82,6 +87,7 @@ class DomainSplitDataModule(ImageDomainDataModule):
             seed=seed,
             embedded=embedded,
             pin_memory=pin_memory,
+            cache_images=cache_images,
         )
         self.attribute = attribute
         self.save_hyperparameters()

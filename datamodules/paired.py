@@ -89,7 +89,11 @@ class PairedDataModule(ImageDomainDataModule):
             augmentation use torch's global RNG, seeded by seed_everything).
         embedded: Options for the embedded dataset, passed to materialize_shapes: root,
             n_train, n_test, image_size, seed. Ignored when data_dir is set.
-        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
+        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies); None
+            (auto): when the trainer runs on a CUDA device.
+        cache_images: Keep decoded images (and masks) in memory after their first read, in
+            every loader process: True, False, or None (auto: when a split's decoded
+            images times the loader processes fit in 1 GiB).
     """
 
     layout_description = PAIRED_LAYOUTS
@@ -109,7 +113,8 @@ class PairedDataModule(ImageDomainDataModule):
         val_size: int = 8,
         seed: int = 0,
         embedded: dict[str, Any] | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        cache_images: bool | None = None,
     ) -> None:
         if layout not in ("auto", "pix2pix", "aligned"):
             raise ValueError(f"layout must be 'auto', 'pix2pix' or 'aligned', got {layout!r}")
@@ -127,6 +132,7 @@ class PairedDataModule(ImageDomainDataModule):
             seed=seed,
             embedded=embedded,
             pin_memory=pin_memory,
+            cache_images=cache_images,
         )
         self.layout, self.direction, self.unaligned = layout, direction, unaligned
         self.save_hyperparameters()

@@ -157,7 +157,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         num_workers: DataLoader workers (not kept between epochs; see the module docstring).
         val_size: target validation images used by validation and evaluation (None: all).
         seed: seed of the training loader's shuffle generator.
-        pin_memory: page-locked batches.
+        pin_memory: page-locked batches; None (auto): when the trainer runs on a CUDA device.
 
     Raises:
         ValueError: an unknown layout, a missing ``*_dir``, or ``target_supervised`` on an
@@ -184,7 +184,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         num_workers: int = 4,
         val_size: int | None = None,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
         for field, value, allowed in (

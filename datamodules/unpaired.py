@@ -79,7 +79,11 @@ class UnpairedDataModule(ImageDomainDataModule):
             augmentation use torch's global RNG, seeded by seed_everything).
         embedded: Options for the embedded dataset, passed to materialize_shapes: root,
             n_train, n_test, image_size, seed. Ignored when data_dir is set.
-        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
+        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies); None
+            (auto): when the trainer runs on a CUDA device.
+        cache_images: Keep decoded images (and masks) in memory after their first read, in
+            every loader process: True, False, or None (auto: when a split's decoded
+            images times the loader processes fit in 1 GiB).
     """
 
     layout_description = CYCLEGAN_LAYOUT
@@ -97,7 +101,8 @@ class UnpairedDataModule(ImageDomainDataModule):
         val_size: int = 8,
         seed: int = 0,
         embedded: dict[str, Any] | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        cache_images: bool | None = None,
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -111,6 +116,7 @@ class UnpairedDataModule(ImageDomainDataModule):
             seed=seed,
             embedded=embedded,
             pin_memory=pin_memory,
+            cache_images=cache_images,
         )
         self.serial_batches = serial_batches
         self.save_hyperparameters()

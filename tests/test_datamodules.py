@@ -287,3 +287,58 @@ def test_paired_layout_errors(tmp_path: Path) -> None:
     (root / "trainB" / "001.png").rename(root / "trainB" / "009.png")
     with pytest.raises(DatasetLayoutError, match="trainA/001.png.*trainB/002.png"):
         paired(root).setup("fit")
+
+
+# ------------------------------------------------------------------ decoded-image cache
+@UNEQUAL_TEST
+def test_cache_images_decodes_each_file_once_and_serves_the_same_items(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datamodules.domain as domain_module
+
+    root = make_cyclegan_tree(tmp_path)
+    reads: list[str] = []
+    real_read = domain_module.read_rgb
+
+    def counting_read(path):
+        reads.append(str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(domain_module, "read_rgb", counting_read)
+    items = {}
+    for cache in (False, True):
+        dm = unpaired(root, cache_images=cache, flip=True)
+        dm.setup("fit")
+        reads.clear()
+        torch.manual_seed(0)
+        items[cache] = [dm.train_set[i % 5] for i in range(15)]  # 3 passes over trainA
+        # uncached: A and B decoded for every item; cached: each file once
+        assert len(reads) == (30 if not cache else len(set(reads)))
+        assert len(set(reads)) <= 5 + 3
+    for plain, cached in zip(items[False], items[True]):
+        assert torch.equal(plain["A"], cached["A"]) and torch.equal(plain["B"], cached["B"])
+    # a cached array is read-only: an in-place transform would change later epochs
+    domain = dm.domains["train"][0]
+    with pytest.raises(ValueError, match="read-only"):
+        domain.read_image(0)[0, 0, 0] = 1
+
+
+@UNEQUAL_TEST
+def test_cache_images_auto_follows_the_memory_limit_and_pin_memory_auto_is_off_on_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_trainer
+) -> None:
+    import datamodules.decoded as decoded
+
+    root = make_cyclegan_tree(tmp_path)
+    dm = unpaired(root)  # cache_images None: 8 small training images fit
+    dm.setup("fit")
+    assert all(d.cache is not None for d in dm.domains["train"])
+    # 8 images of 40x48 RGB: 46,080 bytes, times 2 loader processes: over a 60,000-byte limit
+    monkeypatch.setattr(decoded, "AUTO_LIMIT_BYTES", 60_000)
+    dm = unpaired(root, num_workers=2)
+    dm.setup("fit")
+    assert all(d.cache is None for d in dm.domains["train"])
+    assert unpaired(root, num_workers=1).pins_memory() is False  # no trainer: no CUDA
+    dm.trainer = make_trainer()  # a CPU trainer
+    assert dm.pins_memory() is False
+    assert unpaired(root, pin_memory=True).pins_memory() is True

@@ -92,7 +92,12 @@ class SplitLoaders:
     def _loader(self, dataset: Dataset | None, name: str, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{name} dataset is not built; call setup() for its stage first")
-        generator = self.train_generator() if train else None
+        # Every iterator draws its workers' base seed from the loader's generator, else from
+        # the global stream: evaluation loaders get their own, so that validating (or a
+        # callback reading the validation set once, as SampleGrid does, on rank 0 only) never
+        # moves the training's random stream; a resumed run would otherwise drift from the
+        # uninterrupted one
+        generator = self.train_generator() if train else torch.Generator().manual_seed(self.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .domain import Domain, Sample
-from .transforms import PAIR_IMAGE_KEY, PAIR_MASK_KEY, apply, draw_seed
+from .transforms import PAIR_IMAGE_KEY, PAIR_MASK_KEY, apply, item_seed
 
 
 def _encode(side: str, sample: Sample, image: torch.Tensor, mask: Any | None) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def _transform_one(transform: A.Compose, side: str, sample: Sample) -> dict[str,
     targets = {"image": sample.image}
     if sample.mask is not None:
         targets["mask"] = sample.mask
-    out = apply(transform, draw_seed(), **targets)
+    out = apply(transform, item_seed(transform), **targets)
     return _encode(side, sample, out["image"], out.get("mask"))
 
 
@@ -118,7 +118,7 @@ class AlignedDataset(Dataset):
             targets["mask"] = sample_a.mask
         if sample_b.mask is not None:
             targets[PAIR_MASK_KEY] = sample_b.mask
-        out = apply(self.transform, draw_seed(), **targets)
+        out = apply(self.transform, item_seed(self.transform), **targets)
         item = _encode("A", sample_a, out["image"], out.get("mask"))
         item.update(_encode("B", sample_b, out[PAIR_IMAGE_KEY], out.get(PAIR_MASK_KEY)))
         return item

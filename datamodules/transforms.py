@@ -73,12 +73,14 @@ def build_transform(
     targets = {PAIR_IMAGE_KEY: "image", PAIR_MASK_KEY: "mask"} if paired else {}
     # Shape checks are off because the two halves of an aligned pair may arrive at different
     # sizes; the first op resizes both to the same square anyway.
-    return A.Compose(
+    compose = A.Compose(
         ops,
         additional_targets=targets,
         mask_interpolation=cv2.INTER_NEAREST,
         is_check_shapes=not paired,
     )
+    compose.random_ops = train  # read by item_seed: evaluation items draw nothing
+    return compose
 
 
 def draw_seed() -> int:
@@ -89,6 +91,15 @@ def draw_seed() -> int:
     copied into each worker with the same state and repeat the same crops in all of them.
     """
     return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+def item_seed(transform: A.Compose) -> int:
+    """The seed of one item's augmentation: :func:`draw_seed` for a random pipeline, 0 for a
+    deterministic one (``build_transform(train=False)``). Reading evaluation items then never
+    moves torch's global stream, which the training's own draws come from: a callback that
+    reads the validation set once per process (SampleGrid's fixed inputs) would otherwise
+    make a resumed run drift from the uninterrupted one."""
+    return draw_seed() if getattr(transform, "random_ops", True) else 0
 
 
 def apply(transform: A.Compose, seed: int, **targets: np.ndarray) -> dict[str, Any]:

@@ -171,7 +171,7 @@ class VectorDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         feats, words = self.splits[split]
         data = _PairDataset(feats, words)
-        g = torch.Generator().manual_seed(self.hparams.seed) if train else None
+        g = torch.Generator().manual_seed(self.hparams.seed)  # never the global stream
         return DataLoader(
             data,
             self.hparams.batch_size,

@@ -30,13 +30,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
-PAPERS = ("cyclegan", "opgan", "discogan", "stargan", "matchgan", "cgan", "icgan")
+PAPERS = ("cyclegan", "opgan", "discogan", "stargan", "matchgan", "cgan", "icgan", "bdl-F", "bdl-M")
+# BDL trains F and M in separate stages: one row each (bdl-F: F's CycleGAN + perceptual step
+# through M; bdl-M: M's step + the output-space D's, stage M of round 1), with the paper's nets
+BDL_STAGES = {"bdl-F": "F", "bdl-M": "M"}
 # the YAMLs' callbacks that only observe or write files: left out of a timed fit
 OBSERVERS = {
     "gan_suite.callbacks.Evaluation",
     "gan_suite.callbacks.SampleGrid",
     "gan_suite.callbacks.RunSafety",
     "lightning.pytorch.callbacks.ModelCheckpoint",
+    "gan_suite.callbacks.BDLSchedule",  # the bench enters one stage itself (EnterStage)
 }
 # sizes a paper's nets are built for, whatever --sizes asks (DiscoGAN's encoder-decoders are
 # fixed at 64 px; cGAN's MLPs take 28 x 28 MNIST vectors)
@@ -82,6 +86,13 @@ def paper_overrides(paper: str, size: int, batch: int, n_train: int) -> tuple[di
         return {"image_size": size, "k": 3}, data
     if paper == "cgan":
         return {}, {"batch_size": batch, "num_workers": 0}
+    if paper in BDL_STAGES:  # the embedded shapes: 5 classes (background + 4 shapes)
+        data = {
+            "source": "embedded", "target": "embedded", "source_size": [size, size],
+            "target_size": [size, size], "batch_size": batch, "num_workers": 0,
+            "embedded": {"dataset": "shapes", **embedded},
+        }  # fmt: skip
+        return {"n_classes": 5}, data
     raise ValueError(f"--papers: no bench setup for {paper!r}; expected any of {PAPERS}")
 
 
@@ -96,7 +107,7 @@ def build_paper(paper: str, size: int, batch: int, n_train: int):
     size, as the YAML builds them (observers left out)."""
     import yaml
 
-    config = yaml.safe_load((EXPERIMENTS / f"{paper}.yaml").read_text())
+    config = yaml.safe_load((EXPERIMENTS / f"{paper.split('-')[0]}.yaml").read_text())
     model_over, data_over = paper_overrides(paper, size, batch, n_train)
     model = _instantiate(config["model"], model_over)
     if paper == "icgan":  # a fixed random projection for f (the Evaluator would train first)
@@ -113,7 +124,19 @@ def build_paper(paper: str, size: int, batch: int, n_train: int):
         for spec in (config.get("trainer") or {}).get("callbacks") or []
         if (spec["class_path"] if isinstance(spec, dict) else spec) not in OBSERVERS
     ]
+    if paper in BDL_STAGES:
+        callbacks.append(EnterStage(BDL_STAGES[paper]))
     return model, data, callbacks
+
+
+class EnterStage(L.Callback):
+    """Puts BDL in one stage of its loop for the whole (timed) fit, as BDLSchedule would."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.enter_stage(self.stage, k=1, n=0, epochs=1)
 
 
 class StepTimer(L.Callback):

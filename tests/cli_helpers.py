@@ -53,10 +53,17 @@ TINY_BDL_NETS = [
 
 
 def run_ddp_fit(
-    config: str, args: list[str], cwd: Path, name: str, batchnorm: bool = False
+    config: str,
+    args: list[str],
+    cwd: Path,
+    name: str,
+    batchnorm: bool = False,
+    epochs: int = 2,
+    run_id: str = "ddp",
 ) -> dict:
-    """Fit ``experiments/<config>`` with 2 CPU processes (gloo) for 2 short epochs with the
-    DDPConsistencyCheck callback; return its ``ddp_check.json`` (asserting the run succeeded).
+    """Fit ``experiments/<config>`` with 2 CPU processes (gloo) for ``epochs`` short epochs
+    (2 batches each) with the DDPConsistencyCheck callback, in ``runs/<name>/<run_id>``; return
+    its ``ddp_check.json`` (asserting the run succeeded) with ``run_dir``.
 
     ``batchnorm``: the nets have BatchNorm. The ddp preset's SyncBatchNorm needs GPUs, so it
     is switched off and each rank keeps its own statistics: only parameters are compared."""
@@ -73,13 +80,13 @@ def run_ddp_fit(
         "--config", str(EXPERIMENTS / config), *args,
         "--config", str(EXPERIMENTS / "presets" / "ddp.yaml"),
         "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
-        "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1", "--run_id=ddp",
+        f"--trainer.max_epochs={epochs}", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", f"--run_id={run_id}",
         f"--trainer.callbacks+={check}", *cpu_bn,
     ]  # fmt: skip
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = cwd / "runs" / name / "ddp"
+    run_dir = cwd / "runs" / name / run_id
     report = json.loads((run_dir / "ddp_check.json").read_text())
     report["run_dir"] = run_dir
     return report

@@ -216,6 +216,19 @@ def test_the_whole_loop_writes_its_files_and_resumes_in_the_same_stage(make_trai
     assert all(0 <= r["miou"] <= 1 and len(r["iou"]) == 5 for r in progress)
     assert len(progress[-1]["pseudo_label_thresholds"]) == 5
     assert not list(root.rglob("*.partial"))
+    # M's predictions kept from the one pass (the default) or recomputed in a second pass
+    # (over PREDICTIONS_LIMIT_BYTES): the same thresholds and label files
+    labels = {}
+    for limit in (2**30, 0):
+        schedule.PREDICTIONS_LIMIT_BYTES = limit
+        out = tmp_path / f"pseudo-{limit}"
+        out.mkdir()
+        schedule._pseudo_label(trainer, model, out)
+        labels[limit] = {p.name: np.asarray(Image.open(p)) for p in out.glob("*.png")}
+        labels[limit, "thresholds"] = schedule.thresholds
+    assert labels[2**30, "thresholds"] == labels[0, "thresholds"]
+    assert len(labels[0]) == 12 and labels[0].keys() == labels[2**30].keys()
+    assert all(np.array_equal(labels[0][k], labels[2**30][k]) for k in labels[0])
 
     # resume from the checkpoint of epoch 2, the first of M1's two epochs: the same stage,
     # its iteration count and M (no fresh re-initialisation), the same translated files

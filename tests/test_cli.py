@@ -57,7 +57,8 @@ def test_fit_writes_checkpoints_samples_and_metrics_then_test_evaluates_them():
     assert lrs == pytest.approx([2e-4 * 0.5, 2e-4 * 0.0], abs=1e-9)
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    pools = next(v for k, v in ckpt["callbacks"].items() if "HistoryBuffer" in k)["pools"]
+    history = next(v for k, v in ckpt["callbacks"].items() if "HistoryBuffer" in k)
+    pools = history["ranks"][0]["pools"]  # one process: one rank's pools
     assert pools["A"]["images"].shape[0] == 12  # 2 epochs x 3 batches x 2 images
 
     test = cli_main(
@@ -161,3 +162,30 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
     assert len(resumed["divergence"]) == 1 and resumed["divergence"][0] < 1e-6
     state = torch.load(last, weights_only=True)
     assert int(state["state_dict"]["iteration"]) == 3 * 2  # 2 batches an epoch, 3 epochs
+
+    # ... and ends where the uninterrupted 3-epoch DDP run ends: every weight, buffer (the
+    # history pools included) and optimizer moment equal, so each rank resumed its own streams
+    straight = run_ddp_fit("cyclegan.yaml", TINY, tmp_path, "cyclegan", epochs=3, run_id="ddp3")
+    other = torch.load(straight["run_dir"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["state_dict"].keys() == other["state_dict"].keys()
+    for key, value in state["state_dict"].items():
+        assert torch.equal(value, other["state_dict"][key]), key
+    for mine, theirs in zip(state["optimizer_states"], other["optimizer_states"]):
+        for slot, moments in mine["state"].items():
+            for name, value in moments.items():
+                assert torch.equal(value, theirs["state"][slot][name]), (slot, name)
+    assert torch.equal(
+        torch.stack([s["torch"] for s in state["gan_suite_rng_states"]]),
+        torch.stack([s["torch"] for s in other["gan_suite_rng_states"]]),
+    )
+    # one history pool per rank, each rank's own continued (not rank 0's copied to rank 1)
+    pools, pools_straight = (
+        next(v for k, v in c["callbacks"].items() if "HistoryBuffer" in k)["ranks"]
+        for c in (state, other)
+    )
+    assert len(pools) == 2
+    assert not torch.equal(pools[0]["pools"]["A"]["images"], pools[1]["pools"]["A"]["images"])
+    for rank in (0, 1):
+        for domain in ("A", "B"):
+            resumed_images = pools[rank]["pools"][domain]["images"]
+            assert torch.equal(resumed_images, pools_straight[rank]["pools"][domain]["images"])

@@ -36,9 +36,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
 from gan_suite.callbacks.pseudo_labels import (
+    N_BINS,
     class_thresholds,
-    confidence_histogram,
-    threshold_labels,
+    prediction_histogram,
+    threshold_predictions,
     write_image_png,
     write_label_png,
 )
@@ -243,47 +244,68 @@ class BDLSchedule(L.Callback):
     def _shard(self, trainer: L.Trainer, dataset) -> DataLoader:
         rank, world = trainer.global_rank, trainer.world_size
         return DataLoader(
-            Subset(dataset, range(rank, len(dataset), world)), batch_size=self.batch_size
+            Subset(dataset, range(rank, len(dataset), world)),
+            batch_size=self.batch_size,
+            generator=torch.Generator(),  # iterating must not draw from the global stream
         )
 
     @torch.no_grad()
     def _translate(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
-        """F(k)(S) for every source training image -> ``folder/<stem>.png``."""
+        """F(k)(S) for every source training image -> ``folder/<stem>.png`` (at the trainer's
+        precision: these images are M's training data, as F makes them in training)."""
         was_training = pl_module.training
         pl_module.eval()
         for batch in self._shard(trainer, trainer.datamodule.source_images()):
-            fake = pl_module(batch["image"].to(pl_module.device), "AtoB")
+            with trainer.precision_plugin.forward_context():
+                fake = pl_module(batch["image"].to(pl_module.device), "AtoB")
             for image, stem in zip(fake, batch["stem"]):
                 write_image_png(folder / f"{stem}.png", image)
         pl_module.train(was_training)
 
     @torch.no_grad()
     def _pseudo_label(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
-        """M's confident predictions on every target training image -> ``folder/<stem>.png``
-        (two passes: per-class thresholds over the whole set, then the labels)."""
+        """M's confident predictions on every target training image -> ``folder/<stem>.png``.
+
+        The per-class thresholds need M's predictions on the whole set before any label is
+        written. While this rank's predictions (arg-max and confidence, 5 bytes a pixel) fit
+        in ``PREDICTIONS_LIMIT_BYTES`` they are kept from the one pass over the set (the
+        official code keeps them all); beyond, M runs a second pass. Both give the same files.
+        """
         was_training = pl_module.training
         pl_module.eval()
         images = trainer.datamodule.target_images()
+        n_classes = pl_module.hparams.n_classes
 
-        def probabilities():
+        def predictions():
             for batch in self._shard(trainer, images):
-                logits = pl_module(batch["image"].to(pl_module.device), "segment")
-                yield F.softmax(logits.float(), dim=1), batch["stem"]
+                with trainer.precision_plugin.forward_context():
+                    logits = pl_module(batch["image"].to(pl_module.device), "segment")
+                conf, label = F.softmax(logits.float(), dim=1).max(1)
+                yield conf.cpu(), label.to(torch.uint8).cpu(), batch["stem"]
 
+        kept: list | None = [] if self.pseudo_label_threshold == "median" else None
         if self.pseudo_label_threshold == "median":
-            hist = sum(confidence_histogram(p.cpu()) for p, _ in probabilities())
+            hist, nbytes = torch.zeros(n_classes, N_BINS, dtype=torch.float64), 0
+            for conf, label, stems in predictions():
+                hist += prediction_histogram(conf, label, n_classes)
+                nbytes += conf.numel() * 5  # float32 confidence + uint8 label per pixel
+                if kept is not None and nbytes <= self.PREDICTIONS_LIMIT_BYTES:
+                    kept.append((conf, label, stems))
+                else:  # too many to keep: a second pass writes the labels
+                    kept = None
             hist = trainer.strategy.reduce(hist.to(pl_module.device), reduce_op="sum").cpu()
             thresholds = class_thresholds(hist, self.threshold_cap)
         else:
-            thresholds = torch.full(
-                (pl_module.hparams.n_classes,), float(self.pseudo_label_threshold)
-            )
+            thresholds = torch.full((n_classes,), float(self.pseudo_label_threshold))
         self.thresholds = [float(t) for t in thresholds]
         ignore = pl_module.hparams.ignore_index
-        for probs, stems in probabilities():
-            for labels, stem in zip(threshold_labels(probs.cpu(), thresholds, ignore), stems):
+        for conf, label, stems in kept or predictions():
+            for labels, stem in zip(threshold_predictions(conf, label, thresholds, ignore), stems):
                 write_label_png(folder / f"{stem}.png", labels)
         pl_module.train(was_training)
+
+    #: the most bytes of M's kept target predictions per rank (else a second pass over the set)
+    PREDICTIONS_LIMIT_BYTES = 2 * 2**30
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, step: Step) -> None:
         """After a stage that trained M: the target mIoU, printed, logged and recorded."""

@@ -309,7 +309,7 @@ class Evaluation(L.Callback):
         paired = bool(getattr(trainer.datamodule, "ground_truth_pairs", False))
         subset, sharded = self._subset(trainer, stage)
         with_real = stage not in self._real_done
-        for batch in DataLoader(subset, batch_size=self.batch_size):
+        for batch in DataLoader(subset, batch_size=self.batch_size, generator=torch.Generator()):
             batch = {
                 k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()

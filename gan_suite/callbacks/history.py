@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -93,7 +94,10 @@ class HistoryBuffer(L.Callback):
 
     The module asks ``self.history.query("A", fake_A)`` before its discriminator step.
     Under DDP each rank keeps its own pools (as independent processes of the official code
-    would); the checkpoint stores rank 0's pools.
+    would), and the checkpoint stores every rank's pools and generator (``{"ranks": [...]}``),
+    so a resumed DDP run continues each rank's history as the uninterrupted run does. A
+    checkpoint of another number of processes gives every rank rank 0's pools (with a
+    warning).
 
     Args:
         pool_size: images kept per domain (50 in the paper; 0 disables the buffer).
@@ -110,6 +114,10 @@ class HistoryBuffer(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._generator.manual_seed(self.seed + trainer.global_rank)
+        self._rank, self._world_size, self._set_up = trainer.global_rank, trainer.world_size, True
+        restored, self._restored = self._restored, None
+        if restored is not None:  # loaded before setup knew the rank
+            self._load_rank_state(restored)
         pl_module.history = self
         declared = getattr(trainer.datamodule, "input_sizes", None)
         self._data_sizes = dict(declared()) if declared is not None else {}
@@ -147,13 +155,41 @@ class HistoryBuffer(L.Callback):
         )
         self.pools[domain].clear()
 
+    _rank, _world_size, _set_up = 0, 1, False
+    _restored: dict[str, Any] | None = None
+
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """Every rank's pools and generator, ``{"ranks": [rank 0's, rank 1's, ...]}``.
+
+        Lightning asks every rank for it before rank 0 writes the checkpoint, so under DDP
+        the ranks' states are gathered here (a collective, as the module's RNG states)."""
+        mine = {
             "pools": {d: p.state_dict() for d, p in self.pools.items()},
             "generator": self._generator.get_state(),
         }
+        states = [mine]
+        if self._world_size > 1 and dist.is_available() and dist.is_initialized():
+            states = [None] * self._world_size
+            dist.all_gather_object(states, mine)
+        return {"ranks": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for d, s in state_dict["pools"].items():
+        # Lightning restores callbacks after ``setup``, which knows the rank; loaded earlier
+        # (outside a fit), rank 0's state is taken now and this rank's again at setup
+        if not self._set_up:
+            self._restored = state_dict
+        self._load_rank_state(state_dict)
+
+    def _load_rank_state(self, state_dict: dict[str, Any]) -> None:
+        ranks = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank pools
+        if len(ranks) != self._world_size and self._rank == 0:
+            rank_zero_warn(
+                f"HistoryBuffer: the checkpoint holds the pools of {len(ranks)} process(es), "
+                f"this run has {self._world_size}: every rank starts from rank 0's pools"
+            )
+        state = ranks[self._rank] if len(ranks) == self._world_size else ranks[0]
+        for d, s in state["pools"].items():
             self.pools.setdefault(d, ImagePool(self.pool_size, self._generator)).load_state_dict(s)
-        self._generator.set_state(state_dict["generator"])
+        self._generator.set_state(state["generator"])
+        if len(ranks) != self._world_size and self._rank:
+            self._generator.manual_seed(self.seed + self._rank)

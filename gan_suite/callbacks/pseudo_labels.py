@@ -32,10 +32,16 @@ def confidence_histogram(probs: Tensor, n_bins: int = N_BINS) -> Tensor:
         (C, n_bins) float64 counts: row c counts pixels whose arg-max is c, by max probability.
     """
     conf, label = probs.max(1)
+    return prediction_histogram(conf, label, probs.shape[1], n_bins)
+
+
+def prediction_histogram(conf: Tensor, label: Tensor, n_classes: int, n_bins: int = N_BINS):
+    """:func:`confidence_histogram` of M's predictions ``(conf, label)`` = ``probs.max(1)``,
+    each (N, H, W); ``n_classes`` rows of ``n_bins`` float64 counts."""
     bins = (conf.double() * n_bins).long().clamp_(0, n_bins - 1)
     flat = (label.long() * n_bins + bins).flatten()
-    counts = torch.bincount(flat, minlength=probs.shape[1] * n_bins)
-    return counts.double().view(probs.shape[1], n_bins)
+    counts = torch.bincount(flat, minlength=n_classes * n_bins)
+    return counts.double().view(n_classes, n_bins)
 
 
 def class_thresholds(histogram: Tensor, cap: float = 0.9) -> Tensor:
@@ -69,8 +75,16 @@ def threshold_labels(probs: Tensor, thresholds: Tensor, ignore_index: int = 255)
     conf, label = probs.max(1)
     if not isinstance(thresholds, Tensor):
         thresholds = torch.full((probs.shape[1],), float(thresholds))
-    keep = conf.double() >= thresholds.to(probs.device, torch.float64)[label]
-    return torch.where(keep, label, torch.full_like(label, ignore_index))
+    return threshold_predictions(conf, label, thresholds, ignore_index)
+
+
+def threshold_predictions(
+    conf: Tensor, label: Tensor, thresholds: Tensor, ignore_index: int = 255
+) -> Tensor:
+    """:func:`threshold_labels` of M's predictions ``(conf, label)`` = ``probs.max(1)``, each
+    (N, H, W), against (C,) ``thresholds``: (N, H, W) int64."""
+    keep = conf.double() >= thresholds.to(conf.device, torch.float64)[label.long()]
+    return torch.where(keep, label.long(), torch.full_like(label, ignore_index, dtype=torch.long))
 
 
 def write_label_png(path: Path, labels: Tensor) -> None:

@@ -348,7 +348,7 @@ def evaluate_evaluator(evaluator: Evaluator, datamodule: L.LightningDataModule) 
     for index, d in enumerate(DOMAINS):  # every test image of each domain, equal counts or not
         images = datamodule.domain_dataset("test", d)
         n_test[d] = len(images)
-        for batch in DataLoader(images, batch_size=64):
+        for batch in DataLoader(images, batch_size=64, generator=torch.Generator()):
             x = batch[d].to(evaluator.device)
             domain = torch.full((len(x),), index, device=x.device)
             class_logits, seg_logits, domain_logits = evaluator.heads(x, domain)

@@ -365,7 +365,9 @@ def extract_features(
     from torch.utils.data import DataLoader
 
     feats, labels = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+    for batch in DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=0, generator=torch.Generator()
+    ):
         feats.append(F.normalize(extractor(batch["image"].to(device)).float(), dim=1))
         label = batch.get("label_true", batch.get("label"))
         if label is None or label.dim() != 1:  # attribute vectors are not classes

@@ -93,8 +93,8 @@ class Domain:
         return sizes
 
     def read_image(self, index: int) -> np.ndarray:
-        """The whole decoded file of item ``index``, ``(H, W, 3)`` uint8 (from the cache when
-        there is one; read-only then)."""
+        """The whole decoded file of item ``index``, ``(H, W, 3)`` uint8 (a copy of the cached
+        array when there is a cache)."""
         path = self.paths[index]
         return read_rgb(path) if self.cache is None else self.cache.read(path, read_rgb)
 

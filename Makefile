@@ -60,8 +60,8 @@ translate: install ## translate a folder: make translate NAME=cyclegan INPUT=dir
 compare: install ## side-by-side metrics of finished runs: make compare RUNS="runs/a/x runs/b/y"
 	$(VENV)/bin/gan-suite compare $(RUNS)
 
-bench: install ## speed/memory benchmarks (prints figures)
-	$(PY) -m gan_suite.bench
+bench: install ## speed/memory benchmarks (prints figures; all sections with their defaults: well over half an hour); BENCH="train --papers cyclegan" runs a part
+	$(PY) -m gan_suite.bench $(BENCH)
 
 sweep: install ## W&B sweep of NAME (experiments/sweeps/NAME.yaml) + an agent here (COUNT=runs; `wandb login` first); DRY_RUN=1: 2 sampled runs, offline
 	$(PY) -m gan_suite.sweep $(if $(DRY_RUN),dry-run,start $(if $(COUNT),--count $(COUNT))) $(NAME)

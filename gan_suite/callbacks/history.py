@@ -182,7 +182,7 @@ class HistoryBuffer(L.Callback):
 
     def _load_rank_state(self, state_dict: dict[str, Any]) -> None:
         ranks = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank pools
-        if len(ranks) != self._world_size and self._rank == 0:
+        if len(ranks) != self._world_size and self._set_up and self._rank == 0:
             rank_zero_warn(
                 f"HistoryBuffer: the checkpoint holds the pools of {len(ranks)} process(es), "
                 f"this run has {self._world_size}: every rank starts from rank 0's pools"

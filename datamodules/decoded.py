@@ -29,14 +29,6 @@ class DecodedCache:
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
 
-    def __len__(self) -> int:
-        return len(self._arrays)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the cached arrays."""
-        return sum(a.nbytes for a in self._arrays.values())
-
     def read(self, path: str | Path, reader: Callable[[Path], np.ndarray]) -> np.ndarray:
         """A copy of ``reader(path)``, decoded on the first call for ``path`` and kept."""
         key = str(path)

@@ -76,3 +76,16 @@ def make_aligned_tree(root: Path, count: int = 3) -> Path:
             save(root / f"{split}A" / f"{i:03d}.png", a)
             save(root / f"{split}B" / f"{i:03d}.png", 255 - a)
     return root
+
+
+def tiny_unpaired_data(load_size: int = 36, n_train: int = 8, n_test: int = 4):
+    """An UnpairedDataModule over a small embedded shapes set: 32 px crops, batch 2, no workers."""
+    from datamodules import UnpairedDataModule
+
+    return UnpairedDataModule(
+        load_size=load_size,
+        crop_size=32,
+        batch_size=2,
+        num_workers=0,
+        embedded={"n_train": n_train, "n_test": n_test, "image_size": 32},
+    )

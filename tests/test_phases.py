@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest_data import tiny_unpaired_data
 
 from gan_suite.models.cyclegan import CycleGAN
 from gan_suite.models.phases import Phase, check_phases
@@ -41,15 +42,7 @@ def test_check_phases_refuses_duplicates_and_missing_optimizers():
 
 
 def _tiny_data():
-    from datamodules import UnpairedDataModule
-
-    return UnpairedDataModule(
-        load_size=36,
-        crop_size=32,
-        batch_size=2,
-        num_workers=0,
-        embedded={"n_train": 8, "n_test": 4, "image_size": 32},
-    )
+    return tiny_unpaired_data()
 
 
 def _tiny_cyclegan(**kw) -> CycleGAN:

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from conftest_data import tiny_unpaired_data
 
 from gan_suite.models import speed
 from gan_suite.models.base import GANModule
@@ -21,15 +22,7 @@ def _tiny_cyclegan(**kw) -> CycleGAN:
 
 
 def _tiny_data():
-    from datamodules import UnpairedDataModule
-
-    return UnpairedDataModule(
-        load_size=32,
-        crop_size=32,
-        batch_size=2,
-        num_workers=0,
-        embedded={"n_train": 4, "n_test": 2, "image_size": 32},
-    )
+    return tiny_unpaired_data(load_size=32, n_train=4, n_test=2)
 
 
 # -- gradient checkpointing -----------------------------------------------------------------

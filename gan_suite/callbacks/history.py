@@ -114,10 +114,7 @@ class HistoryBuffer(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._generator.manual_seed(self.seed + trainer.global_rank)
-        self._rank, self._world_size, self._set_up = trainer.global_rank, trainer.world_size, True
-        restored, self._restored = self._restored, None
-        if restored is not None:  # loaded before setup knew the rank
-            self._load_rank_state(restored)
+        self._rank, self._world_size = trainer.global_rank, trainer.world_size
         pl_module.history = self
         declared = getattr(trainer.datamodule, "input_sizes", None)
         self._data_sizes = dict(declared()) if declared is not None else {}
@@ -155,8 +152,7 @@ class HistoryBuffer(L.Callback):
         )
         self.pools[domain].clear()
 
-    _rank, _world_size, _set_up = 0, 1, False
-    _restored: dict[str, Any] | None = None
+    _rank, _world_size = 0, 1  # set at setup, which Lightning runs before it restores state
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's pools and generator, ``{"ranks": [rank 0's, rank 1's, ...]}``.
@@ -174,15 +170,9 @@ class HistoryBuffer(L.Callback):
         return {"ranks": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Lightning restores callbacks after ``setup``, which knows the rank; loaded earlier
-        # (outside a fit), rank 0's state is taken now and this rank's again at setup
-        if not self._set_up:
-            self._restored = state_dict
-        self._load_rank_state(state_dict)
-
-    def _load_rank_state(self, state_dict: dict[str, Any]) -> None:
+        """This rank's pools and generator (rank 0's when the world size differs)."""
         ranks = state_dict.get("ranks", [state_dict])  # checkpoints before per-rank pools
-        if len(ranks) != self._world_size and self._set_up and self._rank == 0:
+        if len(ranks) != self._world_size and self._rank == 0:
             rank_zero_warn(
                 f"HistoryBuffer: the checkpoint holds the pools of {len(ranks)} process(es), "
                 f"this run has {self._world_size}: every rank starts from rank 0's pools"
